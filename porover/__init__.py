@@ -1,0 +1,18 @@
+"""POROver Workbench: overgeneration and preference optimization against over-refusal, in notebooks."""
+
+from porover.data import known_datasets, load_prompts
+from porover.evaluate import run_evaluation
+from porover.generation import Sampling, TransformersBackend, generate_responses
+from porover.judges import JUDGES, Verdict, judge_refusals, xstest_string_match
+from porover.metrics import compute_metrics, f1, metrics_table, score_group
+from porover.models import device_settings, load_model, resolve_model
+from porover.params import EvaluateParams, load_run_params
+from porover.plots import metrics_figure
+from porover.store import JsonlStore, read_jsonl, write_jsonl
+
+__all__ = [
+    "EvaluateParams", "JUDGES", "JsonlStore", "Sampling", "TransformersBackend", "Verdict",
+    "compute_metrics", "device_settings", "f1", "generate_responses", "judge_refusals", "known_datasets",
+    "load_model", "load_prompts", "load_run_params", "metrics_figure", "metrics_table", "read_jsonl",
+    "resolve_model", "run_evaluation", "score_group", "write_jsonl", "xstest_string_match",
+]

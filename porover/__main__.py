@@ -1,0 +1,5 @@
+import sys
+
+from porover.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""Command line: ``python -m porover run PARAMS`` and ``python -m porover judge``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m porover`` and the ``porover`` script."""
+    parser = argparse.ArgumentParser(prog="porover", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="execute the stage notebooks of a parameters file with papermill")
+    run.add_argument("params", help="parameters file, e.g. params/demo.yaml")
+    run.add_argument("--stages", nargs="+", help="only these stages (names from the file's stages)")
+    run.add_argument("--run-name", help="folder under outputs/ (default: the file's run_name)")
+    run.add_argument("--force", action="store_true", help="re-run stages that already finished")
+    run.add_argument("--outputs", default="outputs", help="parent folder of run folders")
+
+    check = commands.add_parser("validate", help="validate a parameters file without running anything")
+    check.add_argument("params")
+
+    judge = commands.add_parser("judge", help="judge refusals in a CSV of prompts and responses")
+    judge.add_argument("--input", required=True, help="CSV with a prompt and a response column")
+    judge.add_argument("--output", required=True, help="CSV to write, with refusal/status/raw columns added")
+    judge.add_argument("--judge", default=None, help="judge name (default: the embedded default judge)")
+    judge.add_argument("--prompt-column", default="prompt")
+    judge.add_argument("--response-column", default="completion")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            from porover.runner import run_pipeline
+
+            manifest = run_pipeline(args.params, stages=args.stages, run_name=args.run_name,
+                                    force=args.force, outputs=args.outputs)
+            failed = [s for s in manifest["stages"].values() if s["status"] == "failed"]
+            return 1 if failed else 0
+        if args.command == "validate":
+            from porover.params import load_run_params
+
+            run_params = load_run_params(args.params)
+            print(f"{args.params}: valid; stages: {', '.join(run_params.stages)}")
+            return 0
+        from porover.judges import judge_csv
+
+        judge_csv(args.input, args.output, judge=args.judge, prompt_column=args.prompt_column,
+                  response_column=args.response_column)
+        return 0
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

