@@ -1,0 +1,72 @@
+"""Real papermill execution of the stage notebooks with params/smoke.yaml."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from porover.runner import run_pipeline
+from porover.store import read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_run_writes_notebooks_html_data_and_manifest_then_skips_when_rerun(tmp_path):
+    manifest = run_pipeline(str(ROOT / "params" / "smoke.yaml"), outputs=str(tmp_path))
+    run_dir = tmp_path / "smoke"
+    stage = manifest["stages"]["evaluate_base"]
+    assert stage["status"] == "finished", stage.get("error")
+    assert (run_dir / "evaluate_base.ipynb").is_file() and (run_dir / "evaluate_base.html").is_file()
+    rows = read_jsonl(run_dir / "evaluate_base" / "responses.jsonl")
+    assert len(rows) == 6 and {r["source"] for r in rows} == {"xstest", "or_bench_toxic"}
+    assert all(r["refusal"] in ("full_compliance", "full_refusal") and r["judge"] == "xstest_string_match"
+               for r in rows)
+    metrics = json.loads((run_dir / "evaluate_base" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 6 and set(metrics["by_benchmark"]) == {"xstest", "or_bench_toxic"}
+    on_disk = json.loads((run_dir / "manifest.json").read_text())
+    assert on_disk["packages"]["transformers"] and on_disk["params"]["evaluate_base"]["max_new_tokens"] == 8
+    assert stage["wall_seconds"] > 0 and "git_commit" in on_disk
+    executed = json.loads((run_dir / "evaluate_base.ipynb").read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert injected and "max_new_tokens = 8" in "".join(injected[0]["source"])
+
+    again = run_pipeline(str(ROOT / "params" / "smoke.yaml"), outputs=str(tmp_path))
+    assert again["stages"]["evaluate_base"]["started"] == stage["started"]  # skipped
+
+    # the flat parameters file of a stage drives the plain papermill CLI
+    flat = run_dir / "params" / "evaluate_base.yaml"
+    assert yaml.safe_load(flat.read_text())["run_dir"] == str(run_dir)
+    out = tmp_path / "alone.ipynb"
+    subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "03_evaluate.ipynb"), str(out),
+                    "-f", str(flat), "--cwd", str(ROOT)], check=True, capture_output=True)
+    assert len(read_jsonl(run_dir / "evaluate_base" / "responses.jsonl")) == 6
+
+
+def test_failed_stage_is_reported_with_its_notebook_and_cli_exits_nonzero(tmp_path):
+    empty_model = tmp_path / "not-a-model"
+    empty_model.mkdir()
+    params = tmp_path / "broken.yaml"
+    params.write_text(f"run_name: broken\nstages:\n  evaluate_base:\n    notebook: evaluate\n"
+                      f"    model: {empty_model}\n    benchmarks: {{xstest: 2}}\n    max_new_tokens: 4\n")
+    result = subprocess.run([sys.executable, "-m", "porover", "run", str(params), "--outputs", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    manifest = json.loads((tmp_path / "broken" / "manifest.json").read_text())
+    stage = manifest["stages"]["evaluate_base"]
+    assert stage["status"] == "failed" and "not-a-model" in stage["error"]
+    assert f"see the executed notebook {tmp_path / 'broken' / 'evaluate_base.ipynb'}" in result.stderr
+
+
+def test_cli_rejects_bad_parameters_before_running(tmp_path):
+    params = tmp_path / "bad.yaml"
+    params.write_text("stages:\n  evaluate_base:\n    notebook: evaluate\n    benchmarks: {xstst: 2}\n")
+    result = subprocess.run([sys.executable, "-m", "porover", "run", str(params), "--outputs", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert f"{params}: stages.evaluate_base.benchmarks.xstst: unknown dataset" in result.stderr
+    assert not (tmp_path / "bad").exists()
+    unknown_stage = subprocess.run([sys.executable, "-m", "porover", "run", str(ROOT / "params" / "smoke.yaml"),
+                                    "--stages", "sft", "--outputs", str(tmp_path)], capture_output=True, text=True)
+    assert unknown_stage.returncode == 2 and "unknown stage(s) ['sft']" in unknown_stage.stderr
