@@ -127,6 +127,8 @@ def load_model(name: str, device: str = "auto", dtype: torch.dtype | None = None
 
     settings = device_settings(device)
     path = resolve_model(name)
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {path} has no config.json: not a saved transformers model")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

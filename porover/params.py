@@ -151,8 +151,8 @@ def _semantic_errors(params, where: str) -> list[str]:
     if getattr(params, "device", "auto") not in ("auto", "cpu", "cuda", "mps"):
         errors.append(f"{where}.device: expected auto, cpu, cuda or mps, got {params.device!r}")
     model = getattr(params, "model", "")
-    if _looks_like_path(model) and not Path(model).expanduser().exists():
-        errors.append(f"{where}.model: folder not found: {model}")
+    if _looks_like_path(model) and not (Path(model).expanduser() / "config.json").is_file():
+        errors.append(f"{where}.model: no model folder (with a config.json) at {model}")
     return errors
 
 

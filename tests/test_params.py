@@ -32,7 +32,7 @@ BASE = "stages:\n  eval:\n    notebook: evaluate\n"
     ("    benchmarks: {./missing.csv: 5}\n", r"stages\.eval\.benchmarks\.\./missing\.csv: file not found"),
     ("    benchmarks: {xstest: 0}\n", r"expected a positive number of prompts"),
     ("    judges: [gpt5_vibes]\n", r"stages\.eval\.judges: unknown judge 'gpt5_vibes'; known: .*xstest_string_match"),
-    ("    model: ./no/such/folder\n", r"stages\.eval\.model: folder not found"),
+    ("    model: ./no/such/folder\n", r"stages\.eval\.model: no model folder \(with a config.json\) at \./no/such/folder"),
     ("    device: tpu\n", r"stages\.eval\.device: expected auto, cpu, cuda or mps"),
     ("    judges: [xstest_string_match]\n    judge_settings: {other: {}}\n", r"judge_settings\.other: not one of"),
 ])

@@ -47,6 +47,7 @@ def test_smoke_run_writes_notebooks_html_data_and_manifest_then_skips_when_rerun
 def test_failed_stage_is_reported_with_its_notebook_and_cli_exits_nonzero(tmp_path):
     empty_model = tmp_path / "not-a-model"
     empty_model.mkdir()
+    (empty_model / "config.json").write_text("{}")  # passes validation, fails when loaded
     params = tmp_path / "broken.yaml"
     params.write_text(f"run_name: broken\nstages:\n  evaluate_base:\n    notebook: evaluate\n"
                       f"    model: {empty_model}\n    benchmarks: {{xstest: 2}}\n    max_new_tokens: 4\n")
@@ -55,7 +56,7 @@ def test_failed_stage_is_reported_with_its_notebook_and_cli_exits_nonzero(tmp_pa
     assert result.returncode == 1
     manifest = json.loads((tmp_path / "broken" / "manifest.json").read_text())
     stage = manifest["stages"]["evaluate_base"]
-    assert stage["status"] == "failed" and "not-a-model" in stage["error"]
+    assert stage["status"] == "failed" and stage["error"].startswith("PapermillExecutionError")
     assert f"see the executed notebook {tmp_path / 'broken' / 'evaluate_base.ipynb'}" in result.stderr
 
 
