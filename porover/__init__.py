@@ -1,13 +1,17 @@
 """POROver Workbench: overgeneration and preference optimization against over-refusal, in notebooks."""
 
+from porover.backends import RecordedBackend, VLLMBackend
 from porover.data import known_datasets, load_prompts
 from porover.evaluate import run_evaluation
 from porover.generation import Sampling, TransformersBackend, generate_responses
 from porover.judges import JUDGES, Verdict, judge_refusals, xstest_string_match
 from porover.metrics import compute_metrics, f1, metrics_table, score_group
 from porover.models import device_settings, load_model, resolve_model
-from porover.params import EvaluateParams, load_run_params
-from porover.plots import metrics_figure
+from porover.overgenerate import overgenerate, run_overgeneration
+from porover.params import EvaluateParams, OvergenerateParams, load_run_params
+from porover.plots import (agreement_figure, candidates_per_prompt_figure, length_figure, metrics_figure,
+                           refusal_share_figure)
+from porover.selection import CRITERIA, reward_scores, select, select_one
 from porover.store import JsonlStore, read_jsonl, write_jsonl
 
 __all__ = [
@@ -15,4 +19,7 @@ __all__ = [
     "compute_metrics", "device_settings", "f1", "generate_responses", "judge_refusals", "known_datasets",
     "load_model", "load_prompts", "load_run_params", "metrics_figure", "metrics_table", "read_jsonl",
     "resolve_model", "run_evaluation", "score_group", "write_jsonl", "xstest_string_match",
+    "CRITERIA", "OvergenerateParams", "RecordedBackend", "VLLMBackend", "agreement_figure",
+    "candidates_per_prompt_figure", "length_figure", "overgenerate", "refusal_share_figure", "reward_scores",
+    "run_overgeneration", "select", "select_one",
 ]

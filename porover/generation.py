@@ -152,12 +152,15 @@ class OpenAIBackend:
         concurrency: Requests in flight at once.
         max_retries: Retries per request on transient errors.
         timeout: Seconds per request.
+        extra_body: Extra request fields for a particular server, e.g. ``{"generation_config":
+            '{"do_sample": true}'}`` for ``transformers serve``, which otherwise decodes greedily.
     """
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0) -> None:
+                 concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0,
+                 extra_body: dict | None = None) -> None:
         import os
         import threading
 
@@ -171,15 +174,17 @@ class OpenAIBackend:
         self.model = model
         self.batch_size = concurrency  # generate_responses flushes its store every batch_size rows
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.last_usage: dict | None = None  # usage of the request behind the completion just yielded
+        self.extra_body = extra_body or None
         self._lock = threading.Lock()
 
-    def _complete(self, prompt: str, sampling: Sampling) -> tuple[str, int]:
+    def _complete(self, prompt: str, sampling: Sampling) -> tuple[str, int, dict | None]:
         options = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if sampling.temperature > 0:
             options["seed"] = sampling.seed
         reply = self.client.chat.completions.create(
             model=self.model, messages=to_messages(prompt, sampling.system_prompt),
-            max_tokens=sampling.max_new_tokens, **options,
+            max_tokens=sampling.max_new_tokens, extra_body=self.extra_body, **options,
         )
         text = reply.choices[0].message.content or ""
         usage = reply.usage
@@ -189,7 +194,8 @@ class OpenAIBackend:
             if usage:
                 self.usage["prompt_tokens"] += usage.prompt_tokens
                 self.usage["completion_tokens"] += completion_tokens
-        return text.strip(), completion_tokens
+        request_usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": completion_tokens} if usage else None
+        return text.strip(), completion_tokens, request_usage
 
     def generate(self, prompts: Sequence[str], sampling: Sampling = Sampling(), desc: str = "generate"):
         """Generate one completion per prompt, yielding ``(index, text, new_tokens)`` as each returns.
@@ -203,7 +209,7 @@ class OpenAIBackend:
             futures = {pool.submit(self._complete, prompt, sampling): i for i, prompt in enumerate(prompts)}
             try:
                 for future in as_completed(futures):
-                    text, count = future.result()
+                    text, count, self.last_usage = future.result()
                     bar.update(1)
                     yield futures[future], text, count
             finally:

@@ -63,9 +63,94 @@ class EvaluateParams:
         return build_stage_params(cls, values, source)
 
 
+@dataclass
+class OvergenerateParams:
+    """Parameters of ``notebooks/01_overgenerate.ipynb``: N teacher completions per prompt, select one.
+
+    Attributes:
+        teacher: Teacher of the general-purpose prompts: embedded name, Hugging Face id or folder
+            (transformers, vllm), a served model id (openai, e.g. "gpt-4o"), or "recorded:<dataset>"
+            for the completions a dataset ships (see `porover.backends.RECORDED_TEACHERS`).
+        toxic_teacher: Teacher of the toxic prompts ("" = the same as ``teacher``).
+        backend: "transformers" (in process, CPU or GPU), "vllm" (GPUs, the ``gpu`` extra), "openai"
+            (any OpenAI-compatible endpoint) or "recorded"; a "recorded:" teacher is always recorded.
+        base_url: OpenAI-compatible endpoint root, e.g. "http://127.0.0.1:8000/v1" ("" = OpenAI itself).
+        api_key_env: Name of the environment variable holding the API key (the key never enters a file).
+        concurrency: Requests in flight at once (openai).
+        max_retries: Retries with backoff on 429, 5xx, connection errors and timeouts (openai).
+        request_timeout: Seconds per request (openai).
+        extra_body: Extra request fields for the endpoint (openai), e.g.
+            {"generation_config": '{"do_sample": true}'} so ``transformers serve`` samples.
+        price_per_1m_input: USD per million prompt tokens, for the cost estimate (None = no estimate).
+        price_per_1m_output: USD per million completion tokens.
+        tensor_parallel_size: GPUs per model (vllm).
+        gpu_memory_utilization: Share of GPU memory vLLM may use.
+        general_prompts: General-purpose prompt set (e.g. alpaca) -> number of prompts (None = all).
+        toxic_prompts: Toxic prompt set -> number of prompts: the paper's "added safety data" (0, 2K, 20K).
+        n_samples: Completions per prompt (the paper: 8); recorded teachers have one.
+        temperature: Sampling temperature (> 0 when n_samples > 1).
+        top_p: Nucleus sampling mass.
+        max_new_tokens: Generation budget per completion.
+        system_prompt: Teacher's system message ("" = none); not copied into the SFT data.
+        batch_size: Prompts per generate call (transformers) or per chunk (vllm).
+        selection: Criterion choosing one completion per prompt: "random", "reward", "safety" or
+            "refusal_aware" (see `porover.selection.select_one`).
+        min_reward: Drop candidates with a lower reward-model score (None = no threshold).
+        min_p_safe: Drop candidates with a lower safety-judge P(safe), in [0, 1] (None = no threshold).
+        safe_threshold: P(safe) from which a completion counts as safe (refusal_aware, summaries).
+        reward_model: Sequence-classification reward model, Hugging Face id or folder ("" = none).
+        safety_judge: Safety judge from `porover.safety.SAFETY_JUDGES` ("" = none).
+        safety_judge_settings: Its settings (e.g. {"model": "meta-llama/Meta-Llama-Guard-2-8B"}).
+        refusal_judge: Refusal judge from `porover.judges.JUDGES`, run on every candidate.
+        refusal_judge_settings: Its settings.
+        seed: Seed for subsampling prompts, per-sample sampling seeds and random selection.
+        device: "auto", "cpu", "cuda" or "mps".
+        run_dir: Run folder; this stage writes under ``run_dir/stage_name``.
+        stage_name: Name of this stage in the run.
+    """
+
+    teacher: str = "smollm2-135m-instruct"
+    toxic_teacher: str = ""
+    backend: str = "transformers"
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 6
+    request_timeout: float = 300.0
+    extra_body: dict = field(default_factory=dict)
+    price_per_1m_input: float | None = None
+    price_per_1m_output: float | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    general_prompts: dict[str, int | None] = field(default_factory=lambda: {"alpaca": 8})
+    toxic_prompts: dict[str, int | None] = field(default_factory=lambda: {"saferpaca_safety": 4})
+    n_samples: int = 2
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    system_prompt: str = ""
+    batch_size: int = 16
+    selection: str = "random"
+    min_reward: float | None = None
+    min_p_safe: float | None = None
+    safe_threshold: float = 0.5
+    reward_model: str = ""
+    safety_judge: str = ""
+    safety_judge_settings: dict = field(default_factory=dict)
+    refusal_judge: str = "phrase_lr"
+    refusal_judge_settings: dict = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str = "outputs/scratch"
+    stage_name: str = "overgenerate"
+
+    from_namespace = classmethod(EvaluateParams.from_namespace.__func__)  # same validation as every stage
+
+
 # notebook name -> (file under notebooks/, parameters class)
 STAGE_NOTEBOOKS = {
     "evaluate": ("03_evaluate.ipynb", EvaluateParams),
+    "overgenerate": ("01_overgenerate.ipynb", OvergenerateParams),
 }
 
 
@@ -121,21 +206,88 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.endswith((".csv", ".jsonl", ".json"))
 
 
-def _semantic_errors(params, where: str) -> list[str]:
+def _prompt_set_errors(sets: dict, where: str) -> list[str]:
     from porover.data import known_datasets
+
+    errors, known = [], set(known_datasets())
+    for name, n in sets.items():
+        if _looks_like_path(name):
+            if not Path(name).expanduser().is_file():
+                errors.append(f"{where}.{name}: file not found")
+        elif name not in known and "/" not in name:
+            errors.append(f"{where}.{name}: unknown dataset; known: {', '.join(sorted(known))}")
+        if n is not None and n < 1:
+            errors.append(f"{where}.{name}: expected a positive number of prompts or null, got {n}")
+    return errors
+
+
+def _overgenerate_errors(params: "OvergenerateParams", where: str) -> list[str]:
+    from porover.backends import RECORDED_TEACHERS
+    from porover.judges import JUDGES
+    from porover.safety import SAFETY_JUDGES
+    from porover.selection import CRITERIA
+
+    p, errors = params, []
+    errors += _prompt_set_errors(p.general_prompts, f"{where}.general_prompts")
+    errors += _prompt_set_errors(p.toxic_prompts, f"{where}.toxic_prompts")
+    if not p.general_prompts and not p.toxic_prompts:
+        errors.append(f"{where}: give general_prompts or toxic_prompts")
+    if p.backend not in ("transformers", "vllm", "openai", "recorded"):
+        errors.append(f"{where}.backend: expected transformers, vllm, openai or recorded, got {p.backend!r}")
+    for key, teacher, sets in (("teacher", p.teacher, p.general_prompts),
+                               ("toxic_teacher", p.toxic_teacher or p.teacher, p.toxic_prompts)):
+        if teacher.startswith("recorded:"):
+            dataset = teacher.removeprefix("recorded:")
+            if dataset not in RECORDED_TEACHERS:
+                errors.append(f"{where}.{key}: no recorded completions in {dataset!r}; "
+                              f"datasets with some: {', '.join(sorted(RECORDED_TEACHERS))}")
+            errors += [f"{where}.{key}: {teacher} has no completions for the prompts of {name!r}"
+                       for name in sets if name != dataset]
+        elif p.backend == "recorded" and sets:
+            errors.append(f"{where}.{key}: the recorded backend needs a teacher 'recorded:<dataset>', got {teacher!r}")
+        elif _looks_like_path(teacher) and not (Path(teacher).expanduser() / "config.json").is_file():
+            errors.append(f"{where}.{key}: no model folder (with a config.json) at {teacher}")
+    if p.selection not in CRITERIA:
+        errors.append(f"{where}.selection: unknown criterion {p.selection!r}; known: {', '.join(CRITERIA)}")
+    if (p.selection == "reward" or p.min_reward is not None) and not p.reward_model:
+        errors.append(f"{where}.reward_model: selection by reward (or min_reward) needs a reward model")
+    if (p.selection == "safety" or p.min_p_safe is not None) and not p.safety_judge:
+        errors.append(f"{where}.safety_judge: selection by safety (or min_p_safe) needs a safety judge")
+    if p.refusal_judge not in JUDGES:
+        errors.append(f"{where}.refusal_judge: unknown judge {p.refusal_judge!r}; known: {', '.join(sorted(JUDGES))}")
+    if p.safety_judge and p.safety_judge not in SAFETY_JUDGES:
+        errors.append(f"{where}.safety_judge: unknown safety judge {p.safety_judge!r}; "
+                      f"known: {', '.join(sorted(SAFETY_JUDGES))}")
+    if _looks_like_path(p.reward_model) and not (Path(p.reward_model).expanduser() / "config.json").is_file():
+        errors.append(f"{where}.reward_model: no model folder (with a config.json) at {p.reward_model}")
+    for key in ("min_p_safe", "safe_threshold", "gpu_memory_utilization"):
+        value = getattr(p, key)
+        if value is not None and not 0 <= value <= 1:
+            errors.append(f"{where}.{key}: expected a value in [0, 1], got {value}")
+    for key in ("n_samples", "max_new_tokens", "batch_size", "concurrency", "tensor_parallel_size"):
+        if getattr(p, key) < 1:
+            errors.append(f"{where}.{key}: expected a positive integer, got {getattr(p, key)}")
+    if not 0 < p.top_p <= 1 or p.temperature < 0:
+        errors.append(f"{where}: expected temperature >= 0 and 0 < top_p <= 1")
+    generated = [sets for teacher, sets in ((p.teacher, p.general_prompts), (p.toxic_teacher or p.teacher, p.toxic_prompts))
+                 if sets and not teacher.startswith("recorded:")]
+    if p.n_samples > 1 and p.temperature == 0 and generated:
+        errors.append(f"{where}.temperature: greedy decoding makes all {p.n_samples} samples the same; set it > 0")
+    if any((price or 0) < 0 for price in (p.price_per_1m_input, p.price_per_1m_output)) or p.max_retries < 0:
+        errors.append(f"{where}: prices and max_retries must not be negative")
+    if not p.api_key_env.replace("_", "").isalnum() or p.api_key_env.startswith("sk-"):
+        errors.append(f"{where}.api_key_env: give the NAME of the environment variable holding the key, not the key")
+    return errors
+
+
+def _semantic_errors(params, where: str) -> list[str]:
     from porover.judges import JUDGES
 
     errors = []
+    if isinstance(params, OvergenerateParams):
+        errors += _overgenerate_errors(params, where)
     if isinstance(params, EvaluateParams):
-        known = set(known_datasets())
-        for name, n in params.benchmarks.items():
-            if _looks_like_path(name):
-                if not Path(name).expanduser().is_file():
-                    errors.append(f"{where}.benchmarks.{name}: file not found")
-            elif name not in known and "/" not in name:
-                errors.append(f"{where}.benchmarks.{name}: unknown dataset; known: {', '.join(sorted(known))}")
-            if n is not None and n < 1:
-                errors.append(f"{where}.benchmarks.{name}: expected a positive number of prompts or null, got {n}")
+        errors += _prompt_set_errors(params.benchmarks, f"{where}.benchmarks")
         if not params.judges:
             errors.append(f"{where}.judges: give at least one judge")
         for name in params.judges:

@@ -33,3 +33,49 @@ def metrics_figure(metrics: dict, level: str = "by_benchmark", title: str | None
     figure.update_layout(barmode="group", yaxis_title="%", yaxis_range=[0, 105],
                          title=title or f"Safety, usefulness and F1 {level.replace('_', ' ')}")
     return figure
+
+
+def candidates_per_prompt_figure(candidates: list[dict]) -> go.Figure:
+    """Histogram of how many completions each prompt has, general and toxic prompts apart."""
+    counts: dict[tuple, list] = {}
+    for c in candidates:
+        counts.setdefault((c["kind"], c["source"], c["id"]), []).append(c)
+    figure = go.Figure()
+    for kind in ("general", "toxic"):
+        figure.add_histogram(x=[len(v) for (k, _, _), v in counts.items() if k == kind], name=kind)
+    figure.update_layout(barmode="group", xaxis_title="completions per prompt", yaxis_title="prompts",
+                         title="Completions per prompt", xaxis_dtick=1)
+    return figure
+
+
+def length_figure(candidates: list[dict], selected: list[dict]) -> go.Figure:
+    """Words per completion: every candidate against the selected ones, per kind of prompt."""
+    figure = go.Figure()
+    for name, rows, text in (("candidates", candidates, lambda r: r["response"]),
+                             ("selected", selected, lambda r: r["messages"][-1]["content"])):
+        figure.add_box(x=[r["kind"] for r in rows], y=[len(text(r).split()) for r in rows], name=name, boxmean=True)
+    figure.update_layout(boxmode="group", yaxis_title="words", title="Completion lengths")
+    return figure
+
+
+def agreement_figure(agreement: dict[str, float]) -> go.Figure:
+    """Share (%) of prompts where each criterion picks the same completion as random selection."""
+    figure = go.Figure(go.Bar(x=list(agreement), y=[100 * v for v in agreement.values()],
+                              hovertemplate="%{y:.1f}%"))
+    figure.update_layout(yaxis_title="% of prompts (with 2+ candidates)", yaxis_range=[0, 105],
+                         title="How often each criterion agrees with random selection")
+    return figure
+
+
+def refusal_share_figure(candidates: list[dict]) -> go.Figure:
+    """Refusal classes (%) among the candidates, per kind of prompt; None = unparseable."""
+    classes = ("full_compliance", "partial_refusal", "full_refusal", None)
+    figure = go.Figure()
+    for label in classes:
+        shares = []
+        for kind in ("general", "toxic"):
+            labels = [c["scores"]["refusal"] for c in candidates if c["kind"] == kind]
+            shares.append(100 * labels.count(label) / len(labels) if labels else 0)
+        figure.add_bar(x=["general", "toxic"], y=shares, name=label or "unparseable")
+    figure.update_layout(barmode="stack", yaxis_title="% of candidates", title="Refusals among the candidates")
+    return figure

@@ -1,0 +1,129 @@
+"""Teacher backends beyond `porover.generation`: vLLM on GPUs, and recorded completions from a dataset.
+
+Both keep the generation interface: ``generate(prompts, sampling, desc)`` yields
+``(index, text, new_tokens)``, one completion per prompt. `VLLMBackend` also has
+``generate_samples(prompts, n, sampling, desc)``, yielding ``(index, sample_index, text, new_tokens)``,
+so ``n`` samples of a prompt come from one request and share its prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from porover.generation import Sampling, to_messages
+from porover.progress import progress
+
+# Datasets that ship a teacher's completion per prompt -> (column holding it, the teacher that wrote it).
+RECORDED_TEACHERS = {
+    "saferpaca_safety": ("reference_response", "gpt-3.5-turbo (Safety-Tuned LLaMAs, Bianchi et al. 2024)"),
+}
+
+
+class RecordedBackend:
+    """Completions recorded in a published dataset, served as if a teacher wrote them now.
+
+    The Safety-Tuned LLaMAs safety data holds one GPT-3.5 completion per toxic prompt: the paper's older
+    teacher, available offline. Sampling settings cannot change a recorded completion, and there is
+    only one per prompt (``max_samples``).
+
+    Args:
+        dataset: A name in `RECORDED_TEACHERS`.
+    """
+
+    name = "recorded"
+    max_samples = 1
+    batch_size = 256  # nothing is computed: flush the store in large batches
+
+    def __init__(self, dataset: str) -> None:
+        from porover.data import load_prompts
+
+        if dataset not in RECORDED_TEACHERS:
+            raise ValueError(f"no recorded teacher in {dataset!r}; datasets with recorded completions: "
+                             f"{', '.join(sorted(RECORDED_TEACHERS))}")
+        column, self.teacher = RECORDED_TEACHERS[dataset]
+        self.dataset = dataset
+        self.responses = {row["prompt"]: row[column] for row in load_prompts(dataset)}
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling = Sampling(), desc: str = "recorded"):
+        """Yield ``(index, recorded text, None)``: the token count of a recorded completion is unknown.
+
+        Raises:
+            KeyError: A prompt has no recorded completion (it is not from this dataset).
+        """
+        missing = [prompt for prompt in prompts if prompt not in self.responses]
+        if missing:
+            raise KeyError(f"{len(missing)} prompt(s) have no recorded completion in {self.dataset!r}, "
+                           f"e.g. {missing[0][:80]!r}")
+        for index, prompt in enumerate(prompts):
+            yield index, self.responses[prompt].strip(), None
+
+
+class VLLMBackend:
+    """In-process vLLM generation on GPUs (the ``gpu`` extra), with ``n`` samples per request.
+
+    Prompts go to vLLM in chunks of ``chunk_size`` so that results reach the caller (and its on-disk
+    store) as each chunk finishes instead of once at the very end; vLLM batches within a chunk.
+
+    Args:
+        model: Hugging Face id or local folder.
+        tensor_parallel_size: GPUs to shard the model over.
+        gpu_memory_utilization: Share of GPU memory vLLM may take for weights and KV cache.
+        dtype: ``"auto"``, ``"bfloat16"``, ``"float16"`` ...
+        chunk_size: Prompts per ``LLM.chat`` call.
+        max_model_len: Context length to reserve KV cache for (None: the model's own).
+        **engine_args: Passed to ``vllm.LLM`` (e.g. ``enforce_eager``, ``max_num_seqs``).
+
+    Raises:
+        ImportError: vLLM is not installed; names the ``gpu`` extra.
+    """
+
+    name = "vllm"
+
+    def __init__(self, model: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                 dtype: str = "auto", chunk_size: int = 1024, max_model_len: int | None = None,
+                 **engine_args) -> None:
+        try:
+            import vllm
+        except ImportError as error:
+            raise ImportError("the vllm backend needs vLLM on a CUDA machine: pip install -e '.[gpu]' "
+                              "(the project's 'gpu' extra)") from error
+        self._vllm = vllm
+        if max_model_len is not None:
+            engine_args["max_model_len"] = max_model_len
+        self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, **engine_args)
+        self.model = model
+        self.batch_size = chunk_size
+        self.last_usage: dict | None = None
+
+    def _params(self, n: int, sampling: Sampling):
+        greedy = sampling.temperature <= 0
+        return self._vllm.SamplingParams(
+            n=n, temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens, seed=sampling.seed,
+        )
+
+    def generate_samples(self, prompts: Sequence[str], n: int, sampling: Sampling = Sampling(),
+                         desc: str = "vllm"):
+        """Yield ``(index, sample_index, text, new_tokens)``: ``n`` completions per prompt, chunk by chunk.
+
+        ``last_usage`` holds the prompt and completion tokens of the completion just yielded.
+        """
+        params = self._params(n, sampling)
+        with progress(total=len(prompts), desc=desc, unit="prompt") as bar:
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = prompts[start:start + self.batch_size]
+                conversations = [to_messages(prompt, sampling.system_prompt) for prompt in chunk]
+                outputs = self.llm.chat(conversations, params, use_tqdm=False)
+                for offset, request in enumerate(outputs):
+                    prompt_tokens = len(request.prompt_token_ids or [])
+                    for sample_index, completion in enumerate(request.outputs):
+                        tokens = len(completion.token_ids)
+                        self.last_usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}
+                        yield start + offset, sample_index, completion.text.strip(), tokens
+                bar.update(len(chunk))
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling = Sampling(), desc: str = "vllm"):
+        """Yield ``(index, text, new_tokens)``, one completion per prompt."""
+        for index, _, text, tokens in self.generate_samples(prompts, 1, sampling, desc):
+            yield index, text, tokens

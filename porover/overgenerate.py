@@ -1,0 +1,241 @@
+"""The overgeneration stage: N teacher completions per prompt, scored, and one selected per prompt.
+
+Every completion is appended to ``completions.jsonl`` as soon as its batch exists, keyed by
+(settings digest, source, id, sample index), so a killed run resumes with nothing duplicated or lost
+and a finished run loads no model at all. Sample ``s`` of every prompt is drawn with its own seed
+(`sample_seed`), so samples differ even on backends that take one seed per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, replace
+
+from porover.data import load_prompts
+from porover.evaluate import stage_dir
+from porover.generation import Sampling
+from porover.params import OvergenerateParams
+from porover.selection import REFUSALS, agreement_with_random, group_candidates, reward_scores, select
+from porover.store import JsonlStore, write_jsonl
+
+_PROMPT_FIELDS = ("id", "prompt", "label", "category", "source")
+
+
+def prompt_rows(params: OvergenerateParams) -> list[dict]:
+    """General-purpose then toxic prompts, each set subsampled by ``params.seed``, with their ``kind``."""
+    rows = []
+    for kind, sets in (("general", params.general_prompts), ("toxic", params.toxic_prompts)):
+        for name, n in sets.items():
+            rows += [{**{k: row[k] for k in _PROMPT_FIELDS}, "kind": kind} for row in load_prompts(name, n=n, seed=params.seed)]
+    return rows
+
+
+def sampling_of(params: OvergenerateParams) -> Sampling:
+    """The stage's sampling settings (sample ``s`` replaces the seed by ``sample_seed(seed, s)``)."""
+    return Sampling(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                    seed=params.seed, system_prompt=params.system_prompt or None)
+
+
+def sample_seed(seed: int, sample_index: int) -> int:
+    """A seed per (run seed, sample index), so no two samples of a prompt share one."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{sample_index}".encode()).digest()[:4], "big") >> 1
+
+
+def settings_digest(teacher: str, sampling: Sampling) -> str:
+    """Short hash of what shapes a completion: changed settings never reuse stale rows; more samples do."""
+    settings = {"teacher": teacher} if teacher.startswith("recorded:") else {"teacher": teacher, **asdict(sampling)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def teacher_of(params: OvergenerateParams, kind: str) -> str:
+    """The teacher of ``"general"`` or ``"toxic"`` prompts."""
+    return params.toxic_teacher or params.teacher if kind == "toxic" else params.teacher
+
+
+def make_backend(params: OvergenerateParams, teacher: str):
+    """The backend serving ``teacher`` under the stage's settings (loads a model or opens a client)."""
+    if teacher.startswith("recorded:"):
+        from porover.backends import RecordedBackend
+
+        return RecordedBackend(teacher.removeprefix("recorded:"))
+    if params.backend == "vllm":
+        from porover.backends import VLLMBackend
+        from porover.models import resolve_model
+
+        return VLLMBackend(resolve_model(teacher), tensor_parallel_size=params.tensor_parallel_size,
+                           gpu_memory_utilization=params.gpu_memory_utilization, chunk_size=params.batch_size)
+    if params.backend == "openai":
+        from porover.generation import OpenAIBackend
+
+        return OpenAIBackend(teacher, base_url=params.base_url or None, api_key_env=params.api_key_env,
+                             concurrency=params.concurrency, max_retries=params.max_retries,
+                             timeout=params.request_timeout, extra_body=params.extra_body)
+    from porover.generation import TransformersBackend
+    from porover.models import load_model
+
+    model, tokenizer = load_model(teacher, device=params.device)
+    return TransformersBackend(model, tokenizer, batch_size=params.batch_size)
+
+
+def completion_key(row: dict) -> tuple:
+    """Store key of a completion."""
+    return row["config"], row["source"], row["id"], row["sample_index"]
+
+
+def overgenerate(backend, rows: list[dict], store: JsonlStore, sampling: Sampling, n_samples: int, teacher: str,
+                 desc: str = "overgenerate") -> list[dict]:
+    """Up to ``n_samples`` completions per row, generating only those not yet in ``store``.
+
+    Args:
+        backend: A generation backend, or a zero-argument function returning one, called only if a
+            completion is missing. A backend with ``generate_samples`` (vLLM) draws all samples of a
+            fresh prompt in one request; otherwise sample ``s`` of every prompt is one pass.
+        rows: Prompt rows with ``source``, ``id`` and ``prompt``; other fields are copied along.
+        store: Keyed by `completion_key`.
+        sampling: Settings recorded with every completion (with each sample's own seed).
+        n_samples: Completions per prompt (a recorded teacher has ``max_samples = 1``).
+        teacher: Teacher name, recorded in every row and part of the settings digest.
+        desc: Progress-bar label.
+
+    Returns:
+        Every stored completion of ``rows``, prompt by prompt in sample order.
+    """
+    config = settings_digest(teacher, sampling)
+    if teacher.startswith("recorded:"):
+        n_samples = 1
+    missing = lambda row, s: (config, row["source"], row["id"], s) not in store  # noqa: E731
+    if any(missing(row, s) for row in rows for s in range(n_samples)):
+        backend = backend() if callable(backend) else backend
+        n_samples = min(n_samples, getattr(backend, "max_samples", n_samples))
+        pending = []
+
+        def add(row: dict, s: int, text: str, tokens: int | None, seed: int) -> None:
+            pending.append({**row, "teacher": teacher, "backend": backend.name, "sample_index": s, "response": text,
+                            "new_tokens": tokens, "sampling": {**asdict(sampling), "seed": seed},
+                            "usage": getattr(backend, "last_usage", None), "config": config})
+            if len(pending) >= getattr(backend, "batch_size", 1):
+                store.append(pending)
+                pending.clear()
+
+        fresh = [row for row in rows if all(missing(row, s) for s in range(n_samples))]
+        if n_samples > 1 and fresh and hasattr(backend, "generate_samples"):
+            for index, s, text, tokens in backend.generate_samples([r["prompt"] for r in fresh], n_samples, sampling,
+                                                                   desc=desc):
+                add(fresh[index], s, text, tokens, sampling.seed)
+            store.append(pending)
+            pending.clear()
+        for s in range(n_samples):  # every sample still missing, one pass per sample index
+            todo = [row for row in rows if missing(row, s)]
+            seeded = replace(sampling, seed=sample_seed(sampling.seed, s))
+            for index, text, tokens in backend.generate([r["prompt"] for r in todo], seeded,
+                                                        desc=f"{desc} [sample {s + 1}/{n_samples}]"):
+                add(todo[index], s, text, tokens, seeded.seed)
+            store.append(pending)
+            pending.clear()
+    by_key = {completion_key(row): row for row in store.rows if row["config"] == config}
+    return [by_key[(config, r["source"], r["id"], s)] for r in rows for s in range(n_samples)
+            if (config, r["source"], r["id"], s) in by_key]
+
+
+def score_candidates(params: OvergenerateParams, candidates: list[dict]) -> list[dict]:
+    """Add ``scores`` (refusal class and P(refusal), P(safe), reward) to every candidate.
+
+    The refusal judge always runs (its share among candidates is a diagnostic); the safety judge and
+    the reward model only when named. Reward scores are stored so that a re-run does not recompute them.
+    """
+    from porover.judges import judge_refusals, judge_safety
+
+    prompts, responses = [c["prompt"] for c in candidates], [c["response"] for c in candidates]
+    scored = [{**c, "scores": {"refusal": None, "p_refusal": None, "p_safe": None, "reward": None}} for c in candidates]
+    if not candidates:
+        return scored
+    verdicts = judge_refusals(prompts, responses, judge=params.refusal_judge, **params.refusal_judge_settings)
+    for row, verdict in zip(scored, verdicts):
+        row["scores"].update(refusal=verdict.label, p_refusal=verdict.score)
+    if params.safety_judge:
+        for row, verdict in zip(scored, judge_safety(prompts, responses, judge=params.safety_judge,
+                                                     **params.safety_judge_settings)):
+            p_unsafe = verdict.p_unsafe
+            row["scores"]["p_safe"] = 1 - p_unsafe if p_unsafe is not None else {"safe": 1.0, "unsafe": 0.0}.get(verdict.verdict)
+    if params.reward_model:
+        store = JsonlStore(stage_dir(params) / "rewards.jsonl", key=lambda r: (r["reward_model"], *completion_key(r)))
+        todo = [c for c in scored if (params.reward_model, *completion_key(c)) not in store]
+        if todo:
+            values = reward_scores([c["prompt"] for c in todo], [c["response"] for c in todo], params.reward_model,
+                                   device=params.device, batch_size=params.batch_size)
+            store.append({"reward_model": params.reward_model, **{k: c[k] for k in ("config", "source", "id", "sample_index")},
+                          "reward": value} for c, value in zip(todo, values))
+        rewards = {key[1:]: row["reward"] for row in store.rows if (key := store.key(row))[0] == params.reward_model}
+        for row in scored:
+            row["scores"]["reward"] = rewards[completion_key(row)]
+    return scored
+
+
+def sft_row(candidate: dict, n_candidates: int, criterion: str) -> dict:
+    """A chat-format SFT example with the provenance of its completion."""
+    provenance = {k: candidate[k] for k in ("source", "id", "label", "category", "kind", "teacher", "backend",
+                                            "sample_index", "new_tokens", "scores", "sampling")}
+    return {"messages": [{"role": "user", "content": candidate["prompt"]},
+                         {"role": "assistant", "content": candidate["response"]}],
+            **provenance, "n_candidates": n_candidates, "selection": criterion}
+
+
+def summarize(params: OvergenerateParams, candidates: list[dict], selected: list[dict], seconds: float) -> dict:
+    """Counts, refusal shares, agreement of each criterion with random, token usage and cost."""
+    groups = group_candidates(candidates)
+    per_prompt = [len(g) for g in groups.values()]
+    criteria = ["random", "refusal_aware"] + (["reward"] if params.reward_model else []) + (
+        ["safety"] if params.safety_judge else [])
+    thresholds = {"min_reward": params.min_reward, "min_p_safe": params.min_p_safe,
+                  "safe_threshold": params.safe_threshold}
+    usage = [c["usage"] for c in candidates if c.get("usage")]
+    prompt_tokens = sum(u["prompt_tokens"] for u in usage)
+    completion_tokens = sum(u["completion_tokens"] for u in usage)
+    cost = None
+    if params.price_per_1m_input is not None or params.price_per_1m_output is not None:
+        cost = (prompt_tokens * (params.price_per_1m_input or 0) + completion_tokens * (params.price_per_1m_output or 0)) / 1e6
+    return {
+        "teachers": {kind: teacher_of(params, kind) for kind in ("general", "toxic")},
+        "prompts": dict(Counter(g[0]["kind"] for g in groups.values())),
+        "completions": len(candidates),
+        "completions_per_prompt": {"min": min(per_prompt, default=0), "max": max(per_prompt, default=0),
+                                   "mean": sum(per_prompt) / len(per_prompt) if per_prompt else 0.0},
+        "selection": params.selection, "thresholds": thresholds,
+        "selected": dict(Counter(row["kind"] for row in selected)),
+        "dropped_by_thresholds": len(groups) - len(selected),
+        "agreement_with_random": agreement_with_random(candidates, criteria, params.seed, **thresholds),
+        "refusal_share": {kind: sum(c["scores"]["refusal"] in REFUSALS for c in candidates if c["kind"] == kind)
+                          / max(1, sum(c["kind"] == kind for c in candidates)) for kind in ("general", "toxic")},
+        "usage": {"requests": len(usage), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+        "cost_usd": cost, "seconds": round(seconds, 1),
+    }
+
+
+def run_overgeneration(params: OvergenerateParams) -> tuple[list[dict], list[dict], dict]:
+    """Overgenerate, score, select; write ``completions.jsonl``, ``candidates.jsonl``, ``sft.jsonl``, ``summary.json``.
+
+    Returns:
+        ``(candidates, sft_rows, summary)``: every scored candidate, the selected SFT rows, the summary.
+    """
+    start = time.perf_counter()
+    out = stage_dir(params)
+    store = JsonlStore(out / "completions.jsonl", key=completion_key)
+    rows, sampling, candidates = prompt_rows(params), sampling_of(params), []
+    for kind in ("general", "toxic"):
+        teacher, kind_rows = teacher_of(params, kind), [r for r in rows if r["kind"] == kind]
+        if kind_rows:
+            candidates += overgenerate(lambda t=teacher: make_backend(params, t), kind_rows, store, sampling,
+                                       params.n_samples, teacher, desc=f"{params.stage_name}: {kind}")
+    candidates = score_candidates(params, candidates)
+    selected = select(candidates, params.selection, params.seed, min_reward=params.min_reward,
+                      min_p_safe=params.min_p_safe, safe_threshold=params.safe_threshold)
+    sizes = {key: len(group) for key, group in group_candidates(candidates).items()}
+    sft = [sft_row(c, sizes[(c["source"], c["id"])], params.selection) for c in selected]
+    summary = summarize(params, candidates, selected, time.perf_counter() - start)
+    write_jsonl(out / "candidates.jsonl", candidates)
+    write_jsonl(out / "sft.jsonl", sft)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return candidates, sft, summary
