@@ -1,7 +1,7 @@
 """Refusal judges against XSTest's human labels: the table the README and the notebook report.
 
 Usage:
-    python benchmarks/judge_validation.py [--split test] [--llm-sample 16] [--refit]
+    python benchmarks/judge_validation.py [--split test] [--llm-sample 16] [--cv] [--refit]
 
 Rule-based judges and the default ``phrase_lr`` score the whole split in well under a second; the
 LLM judges run the embedded SmolLM2 on a random sample of ``--llm-sample`` completions (0 skips them).
@@ -13,7 +13,7 @@ import argparse
 
 import pandas as pd
 
-from porover.validation import fit_default_judge, validate_against_human_labels, validation_table
+from porover.validation import cross_validate_default_judge, fit_default_judge, validate_against_human_labels, validation_table
 
 RULE_JUDGES = ("xstest_string_match", "orbench_keyword", "phrase_lr")
 
@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--llm-sample", type=int, default=0, help="completions per LLM judge (0: skip)")
     parser.add_argument("--llm-model", default="smollm2-135m-instruct")
     parser.add_argument("--refit", action="store_true", help="re-fit phrase_lr on the train split first")
+    parser.add_argument("--cv", action="store_true", help="print the cross-validation that chose its settings")
     args = parser.parse_args()
+    if args.cv:
+        print(cross_validate_default_judge().round(3).to_string(index=False), end="\n\n")
     if args.refit:
         fit_default_judge()
     results = []

@@ -8,6 +8,10 @@ from porover.judges import JUDGES, Verdict, judge_refusals, xstest_string_match
 from porover.metrics import compute_metrics, f1, metrics_table, score_group
 from porover.models import device_settings, load_model, resolve_model
 from porover.overgenerate import overgenerate, run_overgeneration
+from porover.preference_data import build_pairs, run_preference_data
+from porover.ches import ches_scores
+from porover.params import PreferenceDataParams
+from porover.plots import ches_figure, funnel_figure, prompt_refusal_share_figure
 from porover.params import EvaluateParams, OvergenerateParams, load_run_params
 from porover.plots import (agreement_figure, candidates_per_prompt_figure, length_figure, metrics_figure,
                            refusal_share_figure)
@@ -22,4 +26,6 @@ __all__ = [
     "CRITERIA", "OvergenerateParams", "RecordedBackend", "VLLMBackend", "agreement_figure",
     "candidates_per_prompt_figure", "length_figure", "overgenerate", "refusal_share_figure", "reward_scores",
     "run_overgeneration", "select", "select_one",
+    "PreferenceDataParams", "build_pairs", "ches_figure", "ches_scores", "funnel_figure",
+    "prompt_refusal_share_figure", "run_preference_data",
 ]

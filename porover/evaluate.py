@@ -9,7 +9,7 @@ from pathlib import Path
 
 from porover.data import load_prompts
 from porover.generation import Sampling, TransformersBackend, generate_responses
-from porover.judges import judge_refusals
+from porover.judges import Verdict, judge_refusals
 from porover.metrics import compute_metrics
 from porover.params import EvaluateParams
 from porover.store import JsonlStore, write_jsonl
@@ -66,7 +66,17 @@ def judge_rows(params: EvaluateParams, rows: list[dict]) -> list[dict]:
     for row in judged:
         primary = row["judgements"][params.judges[0]]
         row["judge"], row["refusal"], row["judge_status"] = params.judges[0], primary["label"], primary["status"]
+        for name, verdict in row["judgements"].items():
+            # Flat per-judge labels, so `compute_metrics(..., refusal_key="refusal:<judge>")` scores any judge.
+            row[f"refusal:{name}"] = verdict["label"]
     return judged
+
+
+def verdicts_by_judge(rows: list[dict]) -> dict[str, list[Verdict]]:
+    """Each judge's verdicts on ``rows`` (as written by `judge_rows`), for agreement tables."""
+    names = list(rows[0]["judgements"]) if rows else []
+    return {name: [Verdict(row["judgements"][name]["label"], row["judgements"][name]["status"], name,
+                           row["judgements"][name]["raw"]) for row in rows] for name in names}
 
 
 def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
@@ -79,6 +89,10 @@ def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
     metrics = compute_metrics(rows, partial_is_refusal=params.partial_is_refusal,
                               bootstrap_samples=params.bootstrap_samples, seed=params.seed)
     metrics["model"], metrics["judge"] = params.model, params.judges[0]
+    metrics["by_judge"] = {
+        name: compute_metrics(rows, partial_is_refusal=params.partial_is_refusal, bootstrap_samples=params.bootstrap_samples,
+                              seed=params.seed, refusal_key=f"refusal:{name}")["overall"]
+        for name in params.judges}
     out = stage_dir(params)
     write_jsonl(out / "responses.jsonl", rows)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -150,6 +150,20 @@ JUDGES = {
 DEFAULT_JUDGE = "phrase_lr"
 
 
+def judge_setting_names(judge: str) -> set[str]:
+    """The settings a judge accepts (its keyword arguments besides prompts and responses)."""
+    import inspect
+
+    function = JUDGES[judge]
+    if isinstance(function, partial):
+        if function.func is _llm:
+            from porover.llm_judges import llm_refusal_judge as function
+        else:
+            function = function.args[0]
+    names = set(inspect.signature(function).parameters)
+    return names - {"prompts", "responses", "response", "style"}
+
+
 def judge_refusals(prompts: Sequence[str], responses: Sequence[str], judge: str = DEFAULT_JUDGE,
                    **settings) -> list[Verdict]:
     """Judge whether each response refuses its prompt.
@@ -223,5 +237,5 @@ def judge_csv(input: str | Path, output: str | Path, judge: str | None = None, p
 from porover.safety import SAFETY_JUDGES, SafetyVerdict, judge_safety  # noqa: E402  (after Verdict: no cycle)
 
 __all__ = ["DEFAULT_JUDGE", "JUDGES", "ORBENCH_KEYWORDS", "REFUSAL_CLASSES", "SAFETY_JUDGES", "SafetyVerdict",
-           "Verdict", "XSTEST_REFUSAL_PREFIXES", "judge_csv", "judge_refusals", "judge_safety", "orbench_keyword",
+           "Verdict", "XSTEST_REFUSAL_PREFIXES", "judge_csv", "judge_refusals", "judge_setting_names", "judge_safety", "orbench_keyword",
            "phrase_lr", "xstest_string_match"]

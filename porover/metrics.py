@@ -123,7 +123,12 @@ def _percent(value: float | None) -> float | None:
 
 def metrics_table(metrics: dict, level: str = "by_benchmark"):
     """Flatten `compute_metrics` output into a pandas DataFrame: one row per group, percentages with
-    their 95% interval bounds (``*_low``, ``*_high``) and denominators (``*_n``)."""
+    their 95% interval bounds (``*_low``, ``*_high``) and denominators (``*_n``).
+
+    Args:
+        metrics: `compute_metrics` output (the evaluation stage adds ``by_judge``: overall per judge).
+        level: ``"overall"``, ``"by_benchmark"``, ``"by_category"`` or ``"by_judge"``.
+    """
     import pandas as pd
 
     groups = {"overall": metrics["overall"]} if level == "overall" else metrics[level]

@@ -17,6 +17,28 @@ import yaml
 # Run-wide keys, passed to every stage notebook that has a parameter of that name.
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}
 
+# In a run file, "stage:NAME" stands for the main output of the earlier stage NAME, so a file wires the
+# stages together without spelling out run folders. Notebook kind -> that output, under run_dir/NAME.
+STAGE_REF = "stage:"
+STAGE_OUTPUTS = {"overgenerate": "sft.jsonl", "sft": "model", "preference_data": "pairs.jsonl",
+                 "preference_optimization": "model"}
+
+
+def is_stage_ref(value: object) -> bool:
+    """Whether a parameter value is a ``stage:NAME`` reference to an earlier stage's output."""
+    return isinstance(value, str) and value.startswith(STAGE_REF)
+
+
+def stage_output(run_dir: str | Path, stage: str, notebook: str) -> Path:
+    """Where stage ``stage`` (of notebook kind ``notebook``) writes its main output."""
+    return Path(run_dir) / stage / STAGE_OUTPUTS[notebook]
+
+
+def resolve_stage_refs(params: dict, run: "RunParams", run_dir: str | Path) -> dict:
+    """``params`` with every ``stage:NAME`` value replaced by the path of NAME's main output."""
+    return {key: str(stage_output(run_dir, value[len(STAGE_REF):], run.stages[value[len(STAGE_REF):]][0]))
+            if is_stage_ref(value) else value for key, value in params.items()}
+
 
 @dataclass
 class EvaluateParams:
@@ -42,7 +64,7 @@ class EvaluateParams:
 
     model: str = "smollm2-135m-instruct"
     benchmarks: dict[str, int | None] = field(default_factory=lambda: {"xstest": 20})
-    judges: list[str] = field(default_factory=lambda: ["xstest_string_match"])
+    judges: list[str] = field(default_factory=lambda: ["phrase_lr"])
     judge_settings: dict[str, dict] = field(default_factory=dict)
     partial_is_refusal: bool = True
     max_new_tokens: int = 64
@@ -147,10 +169,113 @@ class OvergenerateParams:
     from_namespace = classmethod(EvaluateParams.from_namespace.__func__)  # same validation as every stage
 
 
+@dataclass
+class PreferenceDataParams:
+    """Parameters of ``notebooks/04_preference_data.ipynb``: POROver pairs where the student over-refuses.
+
+    Attributes:
+        student: The student to probe: embedded name, Hugging Face id or model folder (``stage:sft`` in a run).
+        student_backend: "transformers" or "vllm" (GPUs) for sampling the student.
+        prompts: Seemingly toxic but benign prompt sets, ``name`` or ``name:split`` (e.g.
+            "or_bench_hard:train", "oktest:train") -> number of prompts (None = all).
+        eval_sets: The evaluation prompts to keep out, as the evaluation stages draw them (same names,
+            sizes and seed); a training prompt whose normalised text is among them is an overlap.
+        on_eval_overlap: "drop" (drop overlapping prompts and count them in summary.json) or "fail".
+        k: Student samples per prompt.
+        temperature: Student sampling temperature (> 0 when k > 1).
+        top_p: Student nucleus sampling mass.
+        max_new_tokens: Student generation budget.
+        system_prompt: System message of the student (as in its evaluation; "" for none).
+        refusal_judge: Refusal judge from `porover.judges.JUDGES`, for student and teacher samples.
+        refusal_judge_settings: Its settings.
+        partial_is_refusal: Count partial refusals as refusals in the refusal share.
+        containment_threshold: τ in (0, 1]: a prompt is a candidate when refusals / parsed samples >= τ.
+        teacher: Teacher of the chosen completions: model name/folder (transformers, vllm), served model id
+            (openai, e.g. "gpt-4o"), or "recorded:<dataset>" (see `OvergenerateParams.teacher`).
+        backend: Teacher backend: "transformers", "vllm", "openai" or "recorded".
+        base_url: OpenAI-compatible endpoint root ("" = OpenAI itself).
+        api_key_env: Name of the environment variable holding the API key.
+        concurrency: Requests in flight at once (openai).
+        max_retries: Retries with backoff on transient errors (openai).
+        request_timeout: Seconds per request (openai).
+        extra_body: Extra request fields for the endpoint (openai).
+        tensor_parallel_size: GPUs per model (vllm).
+        gpu_memory_utilization: Share of GPU memory vLLM may use.
+        teacher_samples: Teacher completions per candidate prompt.
+        teacher_temperature: Teacher sampling temperature.
+        teacher_top_p: Teacher nucleus sampling mass.
+        teacher_max_new_tokens: Teacher generation budget.
+        teacher_system_prompt: System message of the teacher ("" for none).
+        safety_judge: Safety judge from `porover.safety.SAFETY_JUDGES` ("" = none: compliance to a benign
+            prompt is then assumed safe, compliance to a toxic prompt unsafe; summary.json says so).
+        safety_judge_settings: Its settings (e.g. {"model": "meta-llama/Llama-Guard-3-8B"}).
+        min_p_safe: P(safe) a chosen completion needs (and below which a compliance counts as unsafe).
+        safety_anchor_sets: Toxic prompt sets for safety-anchor pairs ({} = none), e.g. {"advbench": 64}.
+        safety_anchor_ratio: Safety-anchor pairs per over-refusal pair (at most as many as found).
+        ches: Compute CHES (Razin et al.) of every pair under the student.
+        ches_score: "ches_normalized" (length-normalised, the default) or "ches", for the quantile filter.
+        ches_quantile: Keep pairs whose CHES is at most this quantile, per kind (None = keep all).
+        ches_batch_size: Sequences per CHES forward pass.
+        batch_size: Prompts per generate call.
+        seed: Seed for subsampling, sampling and the per-prompt choices.
+        device: "auto", "cpu", "cuda" or "mps".
+        run_dir: Run folder; this stage writes under ``run_dir/stage_name``.
+        stage_name: Name of this stage in the run.
+    """
+
+    student: str = "smollm2-135m-instruct"
+    student_backend: str = "transformers"
+    prompts: dict[str, int | None] = field(default_factory=lambda: {"or_bench_hard:train": 6})
+    eval_sets: dict[str, int | None] = field(default_factory=lambda: {"or_bench_hard:test": None, "oktest:test": None,
+                                                                      "xstest": None})
+    on_eval_overlap: str = "drop"
+    k: int = 2
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 24
+    system_prompt: str = ""
+    refusal_judge: str = "phrase_lr"
+    refusal_judge_settings: dict = field(default_factory=dict)
+    partial_is_refusal: bool = True
+    containment_threshold: float = 0.5
+    teacher: str = "smollm2-135m-instruct"
+    backend: str = "transformers"
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    max_retries: int = 6
+    request_timeout: float = 300.0
+    extra_body: dict = field(default_factory=dict)
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    teacher_samples: int = 2
+    teacher_temperature: float = 0.7
+    teacher_top_p: float = 0.95
+    teacher_max_new_tokens: int = 32
+    teacher_system_prompt: str = "You are a helpful assistant. Answer the question directly and helpfully."
+    safety_judge: str = ""
+    safety_judge_settings: dict = field(default_factory=dict)
+    min_p_safe: float = 0.5
+    safety_anchor_sets: dict[str, int | None] = field(default_factory=dict)
+    safety_anchor_ratio: float = 0.25
+    ches: bool = True
+    ches_score: str = "ches_normalized"
+    ches_quantile: float | None = None
+    ches_batch_size: int = 8
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str = "outputs/scratch"
+    stage_name: str = "preference_data"
+
+    from_namespace = classmethod(EvaluateParams.from_namespace.__func__)  # same validation as every stage
+
+
 # notebook name -> (file under notebooks/, parameters class)
 STAGE_NOTEBOOKS = {
     "evaluate": ("03_evaluate.ipynb", EvaluateParams),
     "overgenerate": ("01_overgenerate.ipynb", OvergenerateParams),
+    "preference_data": ("04_preference_data.ipynb", PreferenceDataParams),
 }
 
 
@@ -280,12 +405,86 @@ def _overgenerate_errors(params: "OvergenerateParams", where: str) -> list[str]:
     return errors
 
 
-def _semantic_errors(params, where: str) -> list[str]:
+def _split_set_errors(sets: dict, where: str) -> list[str]:
+    """`_prompt_set_errors` for sets that may name a split, ``name:split`` (e.g. "or_bench_hard:train")."""
+    from porover.data import load_prompts
+    from porover.preference_data import split_name
+
+    errors = []
+    for spec, n in sets.items():
+        name, split = split_name(spec)
+        errors += [e.replace(f"{where}.{name}:", f"{where}.{spec}:") for e in _prompt_set_errors({name: n}, where)]
+        if split is not None:
+            try:
+                load_prompts(name, n=0, split=split)
+            except ValueError as error:
+                errors.append(f"{where}.{spec}: {error}")
+    return errors
+
+
+def _preference_data_errors(params: "PreferenceDataParams", where: str) -> list[str]:
     from porover.judges import JUDGES
+    from porover.preference_data import split_name
+    from porover.safety import SAFETY_JUDGES
+
+    p = params
+    errors = _split_set_errors(p.prompts, f"{where}.prompts") + _split_set_errors(p.eval_sets, f"{where}.eval_sets")
+    errors += _split_set_errors(p.safety_anchor_sets, f"{where}.safety_anchor_sets")
+    if not p.prompts:
+        errors.append(f"{where}.prompts: give at least one set of seemingly toxic, benign prompts")
+    if p.on_eval_overlap not in ("drop", "fail"):
+        errors.append(f"{where}.on_eval_overlap: expected drop or fail, got {p.on_eval_overlap!r}")
+    if p.student_backend not in ("transformers", "vllm"):
+        errors.append(f"{where}.student_backend: expected transformers or vllm, got {p.student_backend!r}")
+    if _looks_like_path(p.student) and not is_stage_ref(p.student) and not (Path(p.student).expanduser() / "config.json").is_file():
+        errors.append(f"{where}.student: no model folder (with a config.json) at {p.student}")
+    teacher = OvergenerateParams(teacher=p.teacher, backend=p.backend, general_prompts=dict.fromkeys(
+        split_name(s)[0] for s in p.prompts), toxic_prompts={}, api_key_env=p.api_key_env)
+    errors += [e for e in _overgenerate_errors(teacher, where)
+               if e.startswith((f"{where}.teacher:", f"{where}.backend:", f"{where}.api_key_env:"))]
+    if p.refusal_judge not in JUDGES:
+        errors.append(f"{where}.refusal_judge: unknown judge {p.refusal_judge!r}; known: {', '.join(sorted(JUDGES))}")
+    if p.safety_judge and p.safety_judge not in SAFETY_JUDGES:
+        errors.append(f"{where}.safety_judge: unknown safety judge {p.safety_judge!r}; "
+                      f"known: {', '.join(sorted(SAFETY_JUDGES))}")
+    if not 0 < p.containment_threshold <= 1:
+        errors.append(f"{where}.containment_threshold: expected τ in (0, 1], got {p.containment_threshold}")
+    for key in ("min_p_safe", "gpu_memory_utilization", "ches_quantile"):
+        value = getattr(p, key)
+        if value is not None and not 0 <= value <= 1:
+            errors.append(f"{where}.{key}: expected a value in [0, 1], got {value}")
+    for key in ("k", "max_new_tokens", "teacher_samples", "teacher_max_new_tokens", "batch_size", "ches_batch_size",
+                "concurrency", "tensor_parallel_size"):
+        if getattr(p, key) < 1:
+            errors.append(f"{where}.{key}: expected a positive integer, got {getattr(p, key)}")
+    if p.safety_anchor_ratio < 0:
+        errors.append(f"{where}.safety_anchor_ratio: expected a ratio >= 0, got {p.safety_anchor_ratio}")
+    for key in ("temperature", "teacher_temperature"):
+        if getattr(p, key) < 0:
+            errors.append(f"{where}.{key}: expected a temperature >= 0, got {getattr(p, key)}")
+    for key in ("top_p", "teacher_top_p"):
+        if not 0 < getattr(p, key) <= 1:
+            errors.append(f"{where}.{key}: expected 0 < {key} <= 1, got {getattr(p, key)}")
+    if p.k > 1 and p.temperature == 0:
+        errors.append(f"{where}.temperature: greedy decoding makes all k={p.k} student samples the same; set it > 0")
+    if p.teacher_samples > 1 and p.teacher_temperature == 0 and not p.teacher.startswith("recorded:"):
+        errors.append(f"{where}.teacher_temperature: greedy decoding makes all {p.teacher_samples} teacher "
+                      "completions the same; set it > 0")
+    if p.ches_score not in ("ches", "ches_normalized"):
+        errors.append(f"{where}.ches_score: expected ches or ches_normalized, got {p.ches_score!r}")
+    if p.ches_quantile is not None and not p.ches:
+        errors.append(f"{where}.ches_quantile: filtering by CHES needs ches: true")
+    return errors
+
+
+def _semantic_errors(params, where: str) -> list[str]:
+    from porover.judges import JUDGES, judge_setting_names
 
     errors = []
     if isinstance(params, OvergenerateParams):
         errors += _overgenerate_errors(params, where)
+    if isinstance(params, PreferenceDataParams):
+        errors += _preference_data_errors(params, where)
     if isinstance(params, EvaluateParams):
         errors += _prompt_set_errors(params.benchmarks, f"{where}.benchmarks")
         if not params.judges:
@@ -293,9 +492,13 @@ def _semantic_errors(params, where: str) -> list[str]:
         for name in params.judges:
             if name not in JUDGES:
                 errors.append(f"{where}.judges: unknown judge {name!r}; known: {', '.join(sorted(JUDGES))}")
-        for name in params.judge_settings:
+        for name, settings in params.judge_settings.items():
             if name not in params.judges:
                 errors.append(f"{where}.judge_settings.{name}: not one of this stage's judges {params.judges}")
+            elif name in JUDGES:
+                allowed = judge_setting_names(name)
+                errors += [f"{where}.judge_settings.{name}.{key}: unknown setting; {name} takes: "
+                           f"{', '.join(sorted(allowed)) or 'none'}" for key in settings if key not in allowed]
         if params.max_new_tokens < 1 or params.batch_size < 1:
             errors.append(f"{where}: max_new_tokens and batch_size must be positive")
         if not 0 < params.top_p <= 1 or params.temperature < 0:
@@ -359,7 +562,7 @@ def load_run_params(path: str | Path) -> RunParams:
         elif not isinstance(value, RUN_KEYS[key]) or isinstance(value, bool):
             errors.append(f"{path}: {key}: expected {RUN_KEYS[key].__name__}, got {value!r}")
     shared = {k: v for k, v in raw.items() if k in RUN_KEYS and k != "run_name"}
-    stages = {}
+    stages, kinds = {}, {}
     for stage, body in raw["stages"].items():
         where = f"{path}: stages.{stage}"
         if not isinstance(body, dict) or body.get("notebook") not in STAGE_NOTEBOOKS:
@@ -367,6 +570,16 @@ def load_run_params(path: str | Path) -> RunParams:
             continue
         notebook = body["notebook"]
         cls = STAGE_NOTEBOOKS[notebook][1]
+        for key, value in body.items():
+            target = value[len(STAGE_REF):] if is_stage_ref(value) else None
+            if target is None:
+                continue
+            if target not in kinds:
+                errors.append(f"{where}.{key}: {value!r} names no earlier stage; earlier stages: {', '.join(kinds) or 'none'}")
+            elif kinds[target] not in STAGE_OUTPUTS:
+                errors.append(f"{where}.{key}: stage {target!r} ({kinds[target]}) has no output to refer to; "
+                              f"stages with one: {', '.join(STAGE_OUTPUTS)}")
+        kinds[stage] = notebook
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in shared.items() if k in names}
         values.update({k: v for k, v in body.items() if k != "notebook"})

@@ -79,3 +79,37 @@ def refusal_share_figure(candidates: list[dict]) -> go.Figure:
         figure.add_bar(x=["general", "toxic"], y=shares, name=label or "unparseable")
     figure.update_layout(barmode="stack", yaxis_title="% of candidates", title="Refusals among the candidates")
     return figure
+
+
+def funnel_figure(funnel: dict[str, int], title: str = "POROver filter funnel: prompts passing each filter") -> go.Figure:
+    """How many prompts pass each filter of the preference-data stage, in order."""
+    figure = go.Figure(go.Funnel(y=list(funnel), x=list(funnel.values()), textinfo="value+percent initial"))
+    figure.update_layout(title=title)
+    return figure
+
+
+def prompt_refusal_share_figure(prompts: list[dict], containment_threshold: float) -> go.Figure:
+    """Histogram of the student's refusal share per prompt, with the containment threshold τ marked."""
+    shares = [p["share"] for p in prompts if p.get("share") is not None]
+    figure = go.Figure(go.Histogram(x=shares, xbins={"start": -0.05, "end": 1.05, "size": 0.05}))
+    figure.add_vline(x=containment_threshold, line_dash="dash", line_color="red",
+                     annotation_text=f"τ = {containment_threshold}")
+    figure.update_layout(xaxis_title="share of refusals among the student's parsed samples", yaxis_title="prompts",
+                         xaxis_range=[-0.05, 1.05], title="Student refusal share per prompt (candidates: share ≥ τ)")
+    return figure
+
+
+def ches_figure(pairs: list[dict], score: str = "ches_normalized", quantile: float | None = None) -> go.Figure:
+    """Distribution of a pair score (CHES) per kind of pair, with the kept-quantile cut-off of each kind."""
+    import numpy as np
+
+    figure = go.Figure()
+    for kind in dict.fromkeys(p["kind"] for p in pairs):
+        values = [p[score] for p in pairs if p["kind"] == kind and p.get(score) is not None]
+        figure.add_histogram(x=values, name=kind, opacity=0.7)
+        if quantile is not None and values:
+            figure.add_vline(x=float(np.quantile(values, quantile)), line_dash="dash",
+                             annotation_text=f"{kind}: q{quantile:g}")
+    figure.update_layout(barmode="overlay", xaxis_title=score, yaxis_title="pairs",
+                         title=f"{score} per pair under the student (lower: less likelihood displacement)")
+    return figure

@@ -6,11 +6,12 @@ groups counted anywhere in the response, where they occur (first sentence or lat
 refusal to help ("however, here is..."), lists and length carry that signal, stay readable, and
 run in milliseconds per hundred responses with numpy alone: no model download, nothing to serve.
 
-How it was chosen, and what it was fitted on: the phrase groups below come from general knowledge
-of refusal phrasing, OR-Bench's keyword lists and reading the *gpt4* XSTest completions only. The
-weights in ``refusal_weights.json`` are fitted on the 450 gpt4 completions only, with the L2 strength
-picked by 5-fold cross-validation inside them; the 450 *mistralinstruct* completions are the held-out
-split, never looked at while designing or fitting (see ``porover.validation``).
+How it was chosen, and what it was fitted on: XSTest's 900 human-labelled completions are split by
+prompt (`porover.validation.split_of`), 496 train and 404 test. The phrase groups below come from
+general knowledge of refusal phrasing and OR-Bench's keyword lists; the weights in
+``refusal_weights.json`` are fitted on the train split only, with the L2 strength and class weighting
+picked by 5-fold cross-validated kappa inside it (folds by prompt). The test split was scored once,
+after that choice; README and ``notebooks/judge_validation.ipynb`` report it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from porover.params import STAGE_NOTEBOOKS, load_run_params
+from porover.params import STAGE_NOTEBOOKS, STAGE_REF, is_stage_ref, load_run_params, resolve_stage_refs, stage_output
 from porover.progress import PLAIN_ENV
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -61,6 +60,43 @@ def export_html(notebook: Path) -> Path:
     html = notebook.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html
+
+
+class PeakMemory:
+    """Peak resident memory of this process's children (the stage's kernel and what it starts), sampled."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        self.peak_bytes, self.interval = 0, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # a child that exited between listing and reading
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _upstream(params: dict) -> list[str]:
+    """The stages whose outputs these parameters refer to (``stage:NAME`` values)."""
+    return [value[len(STAGE_REF):] for value in params.values() if is_stage_ref(value)]
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
@@ -107,15 +143,26 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("porover")
 
+    missing = [f"stage {stage!r} needs {target!r}'s output {stage_output(run_dir, target, run_params.stages[target][0])}, "
+               f"which does not exist; run {target!r} too"
+               for stage in selected for target in _upstream(run_params.stages[stage][1])
+               if target not in selected and not stage_output(run_dir, target, run_params.stages[target][0]).exists()]
+    if missing:
+        raise ValueError(f"{params_path}: " + "; ".join(missing))
+    ran = set()
     for stage in selected:
         notebook_name, params = run_params.stages[stage]
         digest = params_digest(params)
         previous = manifest["stages"].get(stage, {})
+        rerun_upstream = sorted(ran & set(_upstream(params)))
         if previous.get("status") == "finished" and not force:
-            if previous.get("params_digest") == digest:
+            if previous.get("params_digest") == digest and not rerun_upstream:
                 log.info("[%s] finished earlier; skipped (use --force to re-run)", stage)
                 continue
-            log.info("[%s] parameters changed since it finished; running again", stage)
+            log.info("[%s] %s; running again", stage, f"its input stage {rerun_upstream} ran again"
+                     if rerun_upstream else "parameters changed since it finished")
+        ran.add(stage)
+        params = resolve_stage_refs(params, run_params, run_dir)
         notebook_file = STAGE_NOTEBOOKS[notebook_name][0]
         executed = run_dir / f"{stage}.ipynb"
         (run_dir / "params").mkdir(exist_ok=True)
@@ -126,15 +173,16 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
         _write_manifest(manifest_path, manifest)
         log.info("[%s] running %s -> %s", stage, notebook_file, executed)
         start = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(NOTEBOOK_DIR / notebook_file), str(executed),
-                                       parameters={**params, "run_dir": str(run_dir)},
-                                       cwd=str(NOTEBOOK_DIR.parent), log_output=True, progress_bar=False)
-            record["status"] = "finished"
-        except Exception as error:  # papermill raises its own error types and kernel errors alike
-            record.update(status="failed", error=f"{type(error).__name__}: {str(error).strip()[-2000:]}")
+        with PeakMemory() as memory:
+            try:
+                papermill.execute_notebook(str(NOTEBOOK_DIR / notebook_file), str(executed),
+                                           parameters={**params, "run_dir": str(run_dir)},
+                                           cwd=str(NOTEBOOK_DIR.parent), log_output=True, progress_bar=False)
+                record["status"] = "finished"
+            except Exception as error:  # papermill raises its own error types and kernel errors alike
+                record.update(status="failed", error=f"{type(error).__name__}: {str(error).strip()[-2000:]}")
         record["wall_seconds"] = round(time.perf_counter() - start, 1)
-        record["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+        record["peak_rss_mib"] = round(memory.peak_bytes / 2**20, 1)
         if executed.exists():
             record["html"] = str(export_html(executed))
         record["finished"] = datetime.now(timezone.utc).isoformat()

@@ -21,7 +21,7 @@ from porover.judges import REFUSAL_CLASSES, Verdict, judge_refusals
 from porover.metrics import is_refusal
 
 SPLITS = ("train", "test", "all")
-DEFAULT_FIT = {"l2": 10.0, "max_class_weight": 1.0}  # chosen by cross-validation on the train split
+DEFAULT_FIT = {"l2": 100.0, "max_class_weight": 1.0}  # best of cross_validate_default_judge() on train
 
 
 def split_of(prompt: str) -> str:
@@ -111,6 +111,33 @@ def validation_table(results: Sequence[dict]) -> pd.DataFrame:
     columns = ["judge", "split", "completions_of", "n", "unparseable", "accuracy", "binary_accuracy", "precision", "recall", "f1",
                "kappa", "seconds"]
     return pd.DataFrame([{c: r[c] for c in columns} for r in results]).round(3)
+
+
+def cross_validate_default_judge(l2_grid: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+                                 class_weight_grid: Sequence[float] = (1.0, 3.0), folds: int = 5) -> pd.DataFrame:
+    """Mean Cohen's kappa of ``phrase_lr`` settings by k-fold cross-validation inside the train split.
+
+    Folds are by prompt (sha256 of the prompt modulo ``folds``), so no prompt is on both sides. This is
+    how `DEFAULT_FIT` was chosen; the test split is not touched.
+
+    Returns:
+        One row per setting: ``l2``, ``max_class_weight``, ``kappa`` (mean over folds), best first.
+    """
+    from porover import refusal_classifier
+
+    table = human_labels("train")
+    fold = table["prompt"].map(lambda p: hashlib.sha256(p.strip().encode("utf-8")).digest()[1] % folds)
+    rows = []
+    for l2, weight in itertools.product(l2_grid, class_weight_grid):
+        kappas = []
+        for k in range(folds):
+            train, held = table[fold != k], table[fold == k]
+            fitted = refusal_classifier.fit(train["prompt"].tolist(), train["response"].tolist(),
+                                            train["human_label"].tolist(), l2=l2, max_class_weight=weight)
+            probs = refusal_classifier.predict_proba(held["prompt"].tolist(), held["response"].tolist(), fitted)
+            kappas.append(cohen_kappa(held["human_label"].tolist(), [REFUSAL_CLASSES[i] for i in probs.argmax(axis=1)]))
+        rows.append({"l2": l2, "max_class_weight": weight, "kappa": float(np.mean(kappas))})
+    return pd.DataFrame(rows).sort_values("kappa", ascending=False, ignore_index=True)
 
 
 def fit_default_judge(path=None, **fit_settings) -> dict:

@@ -160,6 +160,28 @@ def test_default_judge_beats_string_match_on_held_out_split():
     assert ours["confusion"].to_numpy().sum() == 404
 
 
+def test_shipped_weights_were_fitted_on_train_with_the_chosen_settings():
+    from porover.refusal_classifier import load_weights
+    from porover.validation import DEFAULT_FIT, human_labels, split_of
+
+    weights = load_weights()
+    assert {k: weights[k] for k in DEFAULT_FIT} == DEFAULT_FIT and "train split" in weights["fitted_on"]
+    train, test = human_labels("train"), human_labels("test")
+    assert len(train) + len(test) == 900 and not set(train["prompt"]) & set(test["prompt"])
+    assert split_of(" A prompt ") == split_of("A prompt")  # stable under whitespace
+
+
+def test_judge_validation_notebook_runs(tmp_path):
+    import papermill
+
+    out = tmp_path / "judge_validation.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "judge_validation.ipynb"), str(out),
+                               parameters={"llm_sample": 1, "orbench_max_new_tokens": 24}, cwd=str(ROOT),
+                               progress_bar=False)
+    text = out.read_text()
+    assert "phrase_lr" in text and "xstest_llm" in text
+
+
 def test_score_labels_leaves_unparseable_out_and_says_so():
     verdicts = [Verdict("full_refusal", "parsed", "j", ""), Verdict(None, "unparseable", "j", "??"),
                 Verdict("full_compliance", "parsed", "j", "")]

@@ -35,6 +35,8 @@ BASE = "stages:\n  eval:\n    notebook: evaluate\n"
     ("    model: ./no/such/folder\n", r"stages\.eval\.model: no model folder \(with a config.json\) at \./no/such/folder"),
     ("    device: tpu\n", r"stages\.eval\.device: expected auto, cpu, cuda or mps"),
     ("    judges: [xstest_string_match]\n    judge_settings: {other: {}}\n", r"judge_settings\.other: not one of"),
+    ("    judges: [xstest_llm]\n    judge_settings: {xstest_llm: {modle: x}}\n",
+     r"judge_settings\.xstest_llm\.modle: unknown setting; xstest_llm takes: .*model"),
 ])
 def test_each_problem_names_the_file_and_the_key(tmp_path, body, message):
     path = write(tmp_path, BASE + body)
@@ -96,3 +98,22 @@ def test_from_namespace_validates_like_a_run_file():
         EvaluateParams.from_namespace({"max_new_tokens": "64", "unrelated": 1})
     params = EvaluateParams.from_namespace({"benchmarks": {"oktest": 3}, "print": print})
     assert params.benchmarks == {"oktest": 3}
+
+
+def test_stage_references_must_name_an_earlier_stage_with_an_output(tmp_path):
+    later = BASE + "    model: stage:train\n  train:\n    notebook: overgenerate\n"
+    with pytest.raises(ValueError, match=r"stages\.eval\.model: 'stage:train' names no earlier stage"):
+        load_run_params(write(tmp_path, later))
+    no_output = BASE + "  again:\n    notebook: evaluate\n    model: stage:eval\n"
+    with pytest.raises(ValueError, match=r"stages\.again\.model: stage 'eval' \(evaluate\) has no output"):
+        load_run_params(write(tmp_path, no_output))
+
+
+def test_stage_references_resolve_to_the_earlier_stage_output(tmp_path):
+    from porover.params import resolve_stage_refs
+
+    text = "stages:\n  teach:\n    notebook: overgenerate\n  eval:\n    notebook: evaluate\n    model: stage:teach\n"
+    run = load_run_params(write(tmp_path, text))
+    resolved = resolve_stage_refs(run.stages["eval"][1], run, tmp_path / "run")
+    assert resolved["model"] == str(tmp_path / "run" / "teach" / "sft.jsonl")
+    assert resolved["benchmarks"] == run.stages["eval"][1]["benchmarks"]

@@ -21,10 +21,12 @@ def test_smoke_run_writes_notebooks_html_data_and_manifest_then_skips_when_rerun
     assert (run_dir / "evaluate_base.ipynb").is_file() and (run_dir / "evaluate_base.html").is_file()
     rows = read_jsonl(run_dir / "evaluate_base" / "responses.jsonl")
     assert len(rows) == 6 and {r["source"] for r in rows} == {"xstest", "or_bench_toxic"}
-    assert all(r["refusal"] in ("full_compliance", "full_refusal") and r["judge"] == "xstest_string_match"
-               for r in rows)
+    assert all(r["judge"] == "phrase_lr" and r["refusal"] == r["refusal:phrase_lr"] for r in rows)
+    assert all(r["refusal:xstest_string_match"] in ("full_compliance", "full_refusal") for r in rows)
     metrics = json.loads((run_dir / "evaluate_base" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 6 and set(metrics["by_benchmark"]) == {"xstest", "or_bench_toxic"}
+    assert set(metrics["by_judge"]) == {"phrase_lr", "xstest_string_match"}
+    assert stage["peak_rss_mib"] > 100  # the kernel holds the model
     on_disk = json.loads((run_dir / "manifest.json").read_text())
     assert on_disk["packages"]["transformers"] and on_disk["params"]["evaluate_base"]["max_new_tokens"] == 8
     assert stage["wall_seconds"] > 0 and "git_commit" in on_disk
