@@ -42,7 +42,9 @@ class RecordedBackend:
                              f"{', '.join(sorted(RECORDED_TEACHERS))}")
         column, self.teacher = RECORDED_TEACHERS[dataset]
         self.dataset = dataset
-        self.responses = {row["prompt"]: row[column] for row in load_prompts(dataset)}
+        self.responses: dict[str, str] = {}
+        for row in load_prompts(dataset):  # a prompt recorded twice (4 in saferpaca_safety) gets its first completion
+            self.responses.setdefault(row["prompt"], row[column])
 
     def generate(self, prompts: Sequence[str], sampling: Sampling = Sampling(), desc: str = "recorded"):
         """Yield ``(index, recorded text, None)``: the token count of a recorded completion is unknown.

@@ -227,11 +227,18 @@ def known_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+def split_name(spec: str) -> tuple[str, str | None]:
+    """``"or_bench_hard:train"`` -> ``("or_bench_hard", "train")``; other names (files, hub ids) have no split."""
+    name, _, split = spec.rpartition(":")
+    return (name, split) if name in DATASETS and split else (spec, None)
+
+
 def load_prompts(name: str, n: int | None = None, seed: int = 0, split: str | None = None) -> datasets.Dataset:
     """Load a prompt dataset with uniform columns.
 
     Args:
-        name: A known dataset name (see :func:`known_datasets`), a path to a local
+        name: A known dataset name (see :func:`known_datasets`), optionally with a split as
+            ``name:split`` (e.g. ``"or_bench_hard:test"``), a path to a local
             ``.csv``/``.jsonl``/``.json`` file with a ``prompt`` column (or ``instruction``/
             ``goal``/``question``) and optional ``id``/``label``/``category``, or a Hugging
             Face dataset id ``owner/name`` or ``owner/name:config`` (needs the hub).
@@ -253,6 +260,8 @@ def load_prompts(name: str, n: int | None = None, seed: int = 0, split: str | No
     """
     if n is not None and n < 0:
         raise ValueError(f"n must be None or >= 0, got {n}")
+    if split is None:
+        name, split = split_name(name)
     path = Path(name)
     if name in DATASETS:
         rows, source = list(_known_rows(name)), name

@@ -29,6 +29,8 @@ def prompt_rows(params: OvergenerateParams) -> list[dict]:
     rows = []
     for kind, sets in (("general", params.general_prompts), ("toxic", params.toxic_prompts)):
         for name, n in sets.items():
+            if n == 0:  # {"saferpaca_safety": 0}: the paper's "no added safety data" arm
+                continue
             rows += [{**{k: row[k] for k in _PROMPT_FIELDS}, "kind": kind} for row in load_prompts(name, n=n, seed=params.seed)]
     return rows
 
@@ -146,7 +148,8 @@ def score_candidates(params: OvergenerateParams, candidates: list[dict]) -> list
     The refusal judge always runs (its share among candidates is a diagnostic); the safety judge and
     the reward model only when named. Reward scores are stored so that a re-run does not recompute them.
     """
-    from porover.judges import judge_refusals, judge_safety
+    from porover.judges import judge_refusals
+    from porover.safety import judge_safety
 
     prompts, responses = [c["prompt"] for c in candidates], [c["response"] for c in candidates]
     scored = [{**c, "scores": {"refusal": None, "p_refusal": None, "p_safe": None, "reward": None}} for c in candidates]
@@ -175,12 +178,16 @@ def score_candidates(params: OvergenerateParams, candidates: list[dict]) -> list
 
 
 def sft_row(candidate: dict, n_candidates: int, criterion: str) -> dict:
-    """A chat-format SFT example with the provenance of its completion."""
+    """A chat-format SFT example (``messages``) with the provenance of its completion.
+
+    The teacher's system prompt is left out of ``messages`` on purpose: the student learns to answer the
+    bare prompt. It stays recorded under ``sampling``.
+    """
     provenance = {k: candidate[k] for k in ("source", "id", "label", "category", "kind", "teacher", "backend",
                                             "sample_index", "new_tokens", "scores", "sampling")}
     return {"messages": [{"role": "user", "content": candidate["prompt"]},
                          {"role": "assistant", "content": candidate["response"]}],
-            **provenance, "n_candidates": n_candidates, "selection": criterion}
+            **provenance, "n_candidates": n_candidates, "criterion": criterion}
 
 
 def summarize(params: OvergenerateParams, candidates: list[dict], selected: list[dict], seconds: float) -> dict:
@@ -206,7 +213,9 @@ def summarize(params: OvergenerateParams, candidates: list[dict], selected: list
         "selection": params.selection, "thresholds": thresholds,
         "selected": dict(Counter(row["kind"] for row in selected)),
         "dropped_by_thresholds": len(groups) - len(selected),
-        "agreement_with_random": agreement_with_random(candidates, criteria, params.seed, **thresholds),
+        # NaN (no prompt with 2+ candidates) is written as null: summary.json stays strict JSON.
+        "agreement_with_random": {name: None if share != share else share for name, share in
+                                  agreement_with_random(candidates, criteria, params.seed, **thresholds).items()},
         "refusal_share": {kind: sum(c["scores"]["refusal"] in REFUSALS for c in candidates if c["kind"] == kind)
                           / max(1, sum(c["kind"] == kind for c in candidates)) for kind in ("general", "toxic")},
         "usage": {"requests": len(usage), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
@@ -224,10 +233,17 @@ def run_overgeneration(params: OvergenerateParams) -> tuple[list[dict], list[dic
     out = stage_dir(params)
     store = JsonlStore(out / "completions.jsonl", key=completion_key)
     rows, sampling, candidates = prompt_rows(params), sampling_of(params), []
+    backends: dict[str, object] = {}  # one model load per teacher, shared by general and toxic prompts
+
+    def backend_of(teacher: str):
+        if teacher not in backends:
+            backends[teacher] = make_backend(params, teacher)
+        return backends[teacher]
+
     for kind in ("general", "toxic"):
         teacher, kind_rows = teacher_of(params, kind), [r for r in rows if r["kind"] == kind]
         if kind_rows:
-            candidates += overgenerate(lambda t=teacher: make_backend(params, t), kind_rows, store, sampling,
+            candidates += overgenerate(lambda t=teacher: backend_of(t), kind_rows, store, sampling,
                                        params.n_samples, teacher, desc=f"{params.stage_name}: {kind}")
     candidates = score_candidates(params, candidates)
     selected = select(candidates, params.selection, params.seed, min_reward=params.min_reward,
@@ -238,4 +254,8 @@ def run_overgeneration(params: OvergenerateParams) -> tuple[list[dict], list[dic
     write_jsonl(out / "candidates.jsonl", candidates)
     write_jsonl(out / "sft.jsonl", sft)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if candidates and not sft:  # an empty SFT set would only fail later, in the SFT stage, obscurely
+        raise ValueError(f"no candidate of any of the {len(sizes)} prompts clears the thresholds "
+                         f"min_reward={params.min_reward}, min_p_safe={params.min_p_safe}: sft.jsonl is empty; "
+                         f"lower them (candidates and their scores are in {out / 'candidates.jsonl'})")
     return candidates, sft, summary

@@ -108,7 +108,8 @@ class OvergenerateParams:
         tensor_parallel_size: GPUs per model (vllm).
         gpu_memory_utilization: Share of GPU memory vLLM may use.
         general_prompts: General-purpose prompt set (e.g. alpaca) -> number of prompts (None = all).
-        toxic_prompts: Toxic prompt set -> number of prompts: the paper's "added safety data" (0, 2K, 20K).
+        toxic_prompts: Toxic prompt set -> number of prompts: the paper's "added safety data" (0, 2K, 20K;
+            0 or {} = none).
         n_samples: Completions per prompt (the paper: 8); recorded teachers have one.
         temperature: Sampling temperature (> 0 when n_samples > 1).
         top_p: Nucleus sampling mass.
@@ -144,12 +145,12 @@ class OvergenerateParams:
     price_per_1m_output: float | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
-    general_prompts: dict[str, int | None] = field(default_factory=lambda: {"alpaca": 8})
+    general_prompts: dict[str, int | None] = field(default_factory=lambda: {"alpaca": 6})
     toxic_prompts: dict[str, int | None] = field(default_factory=lambda: {"saferpaca_safety": 4})
     n_samples: int = 2
     temperature: float = 0.7
     top_p: float = 0.95
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     system_prompt: str = ""
     batch_size: int = 16
     selection: str = "random"
@@ -271,11 +272,179 @@ class PreferenceDataParams:
     from_namespace = classmethod(EvaluateParams.from_namespace.__func__)  # same validation as every stage
 
 
+@dataclass
+class AnalysisParams:
+    """Parameters of ``notebooks/06_analysis.ipynb``: the run's evaluations side by side.
+
+    Attributes:
+        stages: Evaluation stages to compare, in order ([] = every evaluation stage of the run).
+        compare: Two stages whose responses to diff, before then after ([] = the first and the last).
+        partial_is_refusal: Count partial refusals as refusals when diffing responses.
+        run_dir: The run folder to analyse; this stage writes under ``run_dir/stage_name``.
+        stage_name: Name of this stage in the run.
+    """
+
+    stages: list[str] = field(default_factory=list)
+    compare: list[str] = field(default_factory=list)
+    partial_is_refusal: bool = True
+    run_dir: str = "outputs/demo"
+    stage_name: str = "analysis"
+
+    from_namespace = classmethod(EvaluateParams.from_namespace.__func__)
+
+
+@dataclass
+class SFTParams:
+    """Parameters of ``notebooks/02_sft.ipynb``: supervised fine-tuning on the selected completions (TRL).
+
+    Attributes:
+        model: The model to fine-tune: embedded name, Hugging Face id or model folder.
+        data: JSONL of chat rows {"messages": [user, assistant]} (``stage:overgenerate`` in a run).
+        max_rows: Train on the first this many rows (None = all).
+        lora: Train a LoRA adapter (PEFT) instead of every weight; it is merged into ``model/`` when saved.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: Dropout on the LoRA branch.
+        lora_target_modules: Modules given adapters: "all-linear" or a list of module names.
+        learning_rate: Peak AdamW learning rate (the paper's full fine-tuning: ~1e-5; LoRA: ~1e-4).
+        num_train_epochs: Passes over the data (ignored when max_steps > 0).
+        max_steps: Optimizer steps to train for (-1 = num_train_epochs).
+        per_device_train_batch_size: Sequences per device per step.
+        gradient_accumulation_steps: Micro-batches accumulated per optimizer step.
+        lr_scheduler_type: transformers scheduler name ("linear", "cosine", "constant", ...).
+        warmup_steps: Warmup steps, or a share of the steps when below 1.
+        weight_decay: AdamW weight decay.
+        max_length: Tokens per sequence (prompt + completion); longer rows are truncated.
+        gradient_checkpointing: Trade compute for memory (off: it slows a small model down).
+        logging_steps: Steps between loss log entries.
+        save_steps: Steps between checkpoints (the resume points after an interruption).
+        save_total_limit: Checkpoints kept.
+        num_processes: Processes (GPUs) to train on; above 1 the stage runs under ``accelerate launch``.
+        accelerate_config: "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3" (configs/accelerate/) or a YAML path.
+        seed: Seed for the adapter initialisation and data order.
+        device: "auto", "cpu", "cuda" or "mps".
+        run_dir: Run folder; this stage writes under ``run_dir/stage_name``.
+        stage_name: Name of this stage in the run.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    data: str = "outputs/scratch/overgenerate/sft.jsonl"
+    max_rows: int | None = None
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = 0.0
+    weight_decay: float = 0.0
+    max_length: int = 256
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 20
+    save_total_limit: int = 2
+    num_processes: int = 1
+    accelerate_config: str = "ddp"
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str = "outputs/scratch"
+    stage_name: str = "sft"
+
+    from_namespace = classmethod(EvaluateParams.from_namespace.__func__)
+
+
+@dataclass
+class PreferenceOptimizationParams:
+    """Parameters of ``notebooks/05_preference_optimization.ipynb``: DPO and TRL's other preference losses.
+
+    Attributes:
+        model: The policy to start from, usually the SFT student (``stage:sft`` in a run).
+        pairs: JSONL of pairs {"prompt", "chosen", "rejected", "kind"} (``stage:preference_data`` in a run).
+        kinds: Kinds of pairs to train on (over_refusal, safety_anchor).
+        max_pairs: Train on the first this many pairs (None = all).
+        min_pairs: Fewer pairs than this stops the stage before any model loads.
+        loss_type: TRL DPO loss ("sigmoid" = DPO, "ipo", "hinge", "robust", "apo_zero", ...) or "kto"
+            (KTOTrainer on the pairs split into desirable chosen and undesirable rejected completions).
+        beta: Strength of the pull towards the reference model (IPO: its τ).
+        label_smoothing: Assumed share of flipped labels (robust DPO), ε of EXO.
+        precompute_ref_log_probs: Full fine-tuning: compute the reference log-probabilities once before
+            training, so no reference model stays in memory (LoRA: the adapter-disabled policy is the reference).
+        lora: Train a LoRA adapter; the reference is then the same model with the adapter disabled.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: Dropout on the LoRA branch.
+        lora_target_modules: Modules given adapters: "all-linear" or a list of module names.
+        learning_rate: Peak AdamW learning rate (full fine-tuning: ~5e-7; LoRA: ~5e-5).
+        num_train_epochs: Passes over the pairs (ignored when max_steps > 0).
+        max_steps: Optimizer steps (-1 = num_train_epochs).
+        per_device_train_batch_size: Pairs per device per step.
+        gradient_accumulation_steps: Micro-batches accumulated per optimizer step.
+        lr_scheduler_type: transformers scheduler name.
+        warmup_steps: Warmup steps, or a share of the steps when below 1.
+        weight_decay: AdamW weight decay.
+        max_length: Tokens per prompt + response; longer ones are truncated.
+        gradient_checkpointing: Trade compute for memory.
+        logging_steps: Steps between metric log entries (rewards, margins, log-probabilities).
+        save_steps: Steps between checkpoints.
+        save_total_limit: Checkpoints kept.
+        num_processes: Processes (GPUs); above 1 the stage runs under ``accelerate launch``.
+        accelerate_config: "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3" or a YAML path.
+        seed: Seed for the adapter initialisation and data order.
+        device: "auto", "cpu", "cuda" or "mps".
+        run_dir: Run folder; this stage writes under ``run_dir/stage_name``.
+        stage_name: Name of this stage in the run.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    pairs: str = "outputs/scratch/preference_data/pairs.jsonl"
+    kinds: list[str] = field(default_factory=lambda: ["over_refusal", "safety_anchor"])
+    max_pairs: int | None = None
+    min_pairs: int = 2
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    precompute_ref_log_probs: bool = True
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 5e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = 0.0
+    weight_decay: float = 0.0
+    max_length: int = 256
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 20
+    save_total_limit: int = 2
+    num_processes: int = 1
+    accelerate_config: str = "ddp"
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str = "outputs/scratch"
+    stage_name: str = "preference_optimization"
+
+    from_namespace = classmethod(EvaluateParams.from_namespace.__func__)
+
+
 # notebook name -> (file under notebooks/, parameters class)
 STAGE_NOTEBOOKS = {
     "evaluate": ("03_evaluate.ipynb", EvaluateParams),
     "overgenerate": ("01_overgenerate.ipynb", OvergenerateParams),
     "preference_data": ("04_preference_data.ipynb", PreferenceDataParams),
+    "analysis": ("06_analysis.ipynb", AnalysisParams),
+    "sft": ("02_sft.ipynb", SFTParams),
+    "preference_optimization": ("05_preference_optimization.ipynb", PreferenceOptimizationParams),
 }
 
 
@@ -332,17 +501,24 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _prompt_set_errors(sets: dict, where: str) -> list[str]:
-    from porover.data import known_datasets
+    """Problems with ``name[:split] -> n`` prompt sets (e.g. ``or_bench_hard:test: 40``)."""
+    from porover.data import known_datasets, load_prompts, split_name
 
     errors, known = [], set(known_datasets())
-    for name, n in sets.items():
+    for spec, n in sets.items():
+        name, split = split_name(spec)
         if _looks_like_path(name):
             if not Path(name).expanduser().is_file():
-                errors.append(f"{where}.{name}: file not found")
+                errors.append(f"{where}.{spec}: file not found")
         elif name not in known and "/" not in name:
-            errors.append(f"{where}.{name}: unknown dataset; known: {', '.join(sorted(known))}")
+            errors.append(f"{where}.{spec}: unknown dataset; known: {', '.join(sorted(known))}")
+        elif split is not None:
+            try:
+                load_prompts(name, n=0, split=split)
+            except ValueError as error:
+                errors.append(f"{where}.{spec}: {error}")
         if n is not None and n < 1:
-            errors.append(f"{where}.{name}: expected a positive number of prompts or null, got {n}")
+            errors.append(f"{where}.{spec}: expected a positive number of prompts or null, got {n}")
     return errors
 
 
@@ -353,14 +529,16 @@ def _overgenerate_errors(params: "OvergenerateParams", where: str) -> list[str]:
     from porover.selection import CRITERIA
 
     p, errors = params, []
-    errors += _prompt_set_errors(p.general_prompts, f"{where}.general_prompts")
-    errors += _prompt_set_errors(p.toxic_prompts, f"{where}.toxic_prompts")
-    if not p.general_prompts and not p.toxic_prompts:
+    # A count of 0 is allowed here (no added safety data); it means the set is skipped.
+    errors += _prompt_set_errors({k: v or None for k, v in p.general_prompts.items()}, f"{where}.general_prompts")
+    errors += _prompt_set_errors({k: v or None for k, v in p.toxic_prompts.items()}, f"{where}.toxic_prompts")
+    if not any(n != 0 for n in [*p.general_prompts.values(), *p.toxic_prompts.values()]):
         errors.append(f"{where}: give general_prompts or toxic_prompts")
     if p.backend not in ("transformers", "vllm", "openai", "recorded"):
         errors.append(f"{where}.backend: expected transformers, vllm, openai or recorded, got {p.backend!r}")
     for key, teacher, sets in (("teacher", p.teacher, p.general_prompts),
                                ("toxic_teacher", p.toxic_teacher or p.teacher, p.toxic_prompts)):
+        sets = {name: n for name, n in sets.items() if n != 0}
         if teacher.startswith("recorded:"):
             dataset = teacher.removeprefix("recorded:")
             if dataset not in RECORDED_TEACHERS:
@@ -395,7 +573,7 @@ def _overgenerate_errors(params: "OvergenerateParams", where: str) -> list[str]:
     if not 0 < p.top_p <= 1 or p.temperature < 0:
         errors.append(f"{where}: expected temperature >= 0 and 0 < top_p <= 1")
     generated = [sets for teacher, sets in ((p.teacher, p.general_prompts), (p.toxic_teacher or p.teacher, p.toxic_prompts))
-                 if sets and not teacher.startswith("recorded:")]
+                 if any(n != 0 for n in sets.values()) and not teacher.startswith("recorded:")]
     if p.n_samples > 1 and p.temperature == 0 and generated:
         errors.append(f"{where}.temperature: greedy decoding makes all {p.n_samples} samples the same; set it > 0")
     if any((price or 0) < 0 for price in (p.price_per_1m_input, p.price_per_1m_output)) or p.max_retries < 0:
@@ -405,31 +583,14 @@ def _overgenerate_errors(params: "OvergenerateParams", where: str) -> list[str]:
     return errors
 
 
-def _split_set_errors(sets: dict, where: str) -> list[str]:
-    """`_prompt_set_errors` for sets that may name a split, ``name:split`` (e.g. "or_bench_hard:train")."""
-    from porover.data import load_prompts
-    from porover.preference_data import split_name
-
-    errors = []
-    for spec, n in sets.items():
-        name, split = split_name(spec)
-        errors += [e.replace(f"{where}.{name}:", f"{where}.{spec}:") for e in _prompt_set_errors({name: n}, where)]
-        if split is not None:
-            try:
-                load_prompts(name, n=0, split=split)
-            except ValueError as error:
-                errors.append(f"{where}.{spec}: {error}")
-    return errors
-
-
 def _preference_data_errors(params: "PreferenceDataParams", where: str) -> list[str]:
     from porover.judges import JUDGES
-    from porover.preference_data import split_name
+    from porover.data import split_name
     from porover.safety import SAFETY_JUDGES
 
     p = params
-    errors = _split_set_errors(p.prompts, f"{where}.prompts") + _split_set_errors(p.eval_sets, f"{where}.eval_sets")
-    errors += _split_set_errors(p.safety_anchor_sets, f"{where}.safety_anchor_sets")
+    errors = _prompt_set_errors(p.prompts, f"{where}.prompts") + _prompt_set_errors(p.eval_sets, f"{where}.eval_sets")
+    errors += _prompt_set_errors(p.safety_anchor_sets, f"{where}.safety_anchor_sets")
     if not p.prompts:
         errors.append(f"{where}.prompts: give at least one set of seemingly toxic, benign prompts")
     if p.on_eval_overlap not in ("drop", "fail"):
@@ -481,10 +642,16 @@ def _semantic_errors(params, where: str) -> list[str]:
     from porover.judges import JUDGES, judge_setting_names
 
     errors = []
+    if isinstance(params, AnalysisParams) and len(params.compare) not in (0, 2):
+        errors.append(f"{where}.compare: expected two stage names (before, after) or [], got {params.compare}")
     if isinstance(params, OvergenerateParams):
         errors += _overgenerate_errors(params, where)
     if isinstance(params, PreferenceDataParams):
         errors += _preference_data_errors(params, where)
+    if isinstance(params, (SFTParams, PreferenceOptimizationParams)):
+        from porover.training import training_errors
+
+        errors += training_errors(params, where)
     if isinstance(params, EvaluateParams):
         errors += _prompt_set_errors(params.benchmarks, f"{where}.benchmarks")
         if not params.judges:
@@ -579,6 +746,11 @@ def load_run_params(path: str | Path) -> RunParams:
             elif kinds[target] not in STAGE_OUTPUTS:
                 errors.append(f"{where}.{key}: stage {target!r} ({kinds[target]}) has no output to refer to; "
                               f"stages with one: {', '.join(STAGE_OUTPUTS)}")
+        if notebook == "analysis":
+            evaluations = [name for name, kind in kinds.items() if kind == "evaluate"]
+            errors += [f"{where}.{key}: {name!r} is no earlier evaluate stage; earlier ones: {', '.join(evaluations) or 'none'}"
+                       for key in ("stages", "compare") if isinstance(body.get(key), list)
+                       for name in body[key] if name not in evaluations]
         kinds[stage] = notebook
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in shared.items() if k in names}

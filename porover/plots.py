@@ -60,6 +60,7 @@ def length_figure(candidates: list[dict], selected: list[dict]) -> go.Figure:
 
 def agreement_figure(agreement: dict[str, float]) -> go.Figure:
     """Share (%) of prompts where each criterion picks the same completion as random selection."""
+    agreement = {name: share for name, share in agreement.items() if share is not None}  # None: no prompt to compare
     figure = go.Figure(go.Bar(x=list(agreement), y=[100 * v for v in agreement.values()],
                               hovertemplate="%{y:.1f}%"))
     figure.update_layout(yaxis_title="% of prompts (with 2+ candidates)", yaxis_range=[0, 105],
@@ -112,4 +113,35 @@ def ches_figure(pairs: list[dict], score: str = "ches_normalized", quantile: flo
                              annotation_text=f"{kind}: q{quantile:g}")
     figure.update_layout(barmode="overlay", xaxis_title=score, yaxis_title="pairs",
                          title=f"{score} per pair under the student (lower: less likelihood displacement)")
+    return figure
+
+
+def loss_figure(log_history: list[dict], title: str = "Training loss") -> go.Figure:
+    """Training loss (and learning rate, right axis) per optimizer step, from a trainer's ``log_history``."""
+    logged = [h for h in log_history if "loss" in h]
+    figure = go.Figure()
+    figure.add_scatter(x=[h["step"] for h in logged], y=[h["loss"] for h in logged], mode="lines+markers", name="loss")
+    figure.add_scatter(x=[h["step"] for h in logged], y=[h.get("learning_rate") for h in logged], mode="lines",
+                       name="learning rate", yaxis="y2", line_dash="dot")
+    figure.update_layout(xaxis_title="step", yaxis_title="loss", title=title,
+                         yaxis2={"title": "learning rate", "overlaying": "y", "side": "right", "showgrid": False})
+    return figure
+
+
+def preference_figure(log_history: list[dict], title: str = "Preference optimization over training") -> go.Figure:
+    """Implicit rewards and margins (left) and the chosen / rejected log-probabilities (right) per step.
+
+    Chosen log-probabilities that fall while the margin grows are likelihood displacement (Razin et al.).
+    """
+    from plotly.subplots import make_subplots
+
+    logged = [h for h in log_history if "rewards/margins" in h or "rewards/chosen" in h]
+    steps = [h["step"] for h in logged]
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("implicit rewards β·log(π/π_ref)", "log-probabilities"))
+    for col, keys in ((1, ("rewards/chosen", "rewards/rejected", "rewards/margins")), (2, ("logps/chosen", "logps/rejected"))):
+        for key in keys:
+            if any(key in h for h in logged):
+                figure.add_scatter(x=steps, y=[h.get(key) for h in logged], mode="lines+markers", name=key, row=1, col=col)
+    figure.update_xaxes(title_text="step")
+    figure.update_layout(title=title)
     return figure

@@ -124,6 +124,12 @@ def test_hash_splits_disjoint_and_covering(name):
     assert set(load_prompts(name, split="train", n=50, seed=9)["id"]) <= set(train["id"])
 
 
+def test_a_split_can_be_named_with_the_dataset():
+    assert load_prompts("or_bench_hard:test", n=5, seed=3)["id"] == load_prompts("or_bench_hard", n=5, seed=3, split="test")["id"]
+    with pytest.raises(ValueError, match=r"advbench.*none"):
+        load_prompts("advbench:train")
+
+
 def test_unsupported_split_names_dataset_and_splits():
     with pytest.raises(ValueError, match=r"advbench.*none"):
         load_prompts("advbench", split="train")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import shutil
 import signal
 import socket
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,105 @@ def test_openai_without_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("POROVER_TEST_KEY", raising=False)
     with pytest.raises(ValueError, match="POROVER_TEST_KEY"):
         OpenAIBackend("gpt-4o", api_key_env="POROVER_TEST_KEY")
+
+
+class FaultyProxy(ThreadingHTTPServer):
+    """A loopback HTTP proxy to the server that answers the first ``failures`` requests with a real 500."""
+
+    def __init__(self, upstream: str, failures: int) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream, self.failures, self.seen, self.lock = upstream, failures, [], threading.Lock()
+        self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        server = self.server
+        with server.lock:
+            fail = server.failures > 0
+            server.failures -= fail
+        if fail:
+            status, data = 500, json.dumps({"error": {"message": "injected fault", "type": "server_error"}}).encode()
+        else:
+            request = urllib.request.Request(server.upstream + self.path, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as reply:
+                status, data = reply.status, reply.read()
+        with server.lock:
+            server.seen.append((status, self.headers.get("x-stainless-retry-count")))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def proxy(server):
+    proxies = []
+
+    def start(failures: int) -> FaultyProxy:
+        proxies.append(FaultyProxy(server["base_url"].removesuffix("/v1"), failures))
+        return proxies[-1]
+
+    yield start
+    for running in proxies:
+        running.shutdown()
+        running.server_close()
+
+
+def test_retry_after_an_injected_server_error(server, proxy, monkeypatch):
+    monkeypatch.delenv("POROVER_TEST_KEY", raising=False)
+    faulty = proxy(failures=1)
+    backend = OpenAIBackend(server["model"], base_url=faulty.base_url, api_key_env="POROVER_TEST_KEY", concurrency=1,
+                            max_retries=2)
+    results = sorted(backend.generate(["Say hi.", "Name a colour."], Sampling(max_new_tokens=4)))
+    assert [index for index, _, _ in results] == [0, 1] and all(tokens > 0 for *_, tokens in results)
+    assert [status for status, _ in faulty.seen] == [500, 200, 200]
+    assert faulty.seen[1][1] == "1"  # the openai client's own retry of the failed request
+    assert backend.usage["requests"] == 2 and backend.usage["completion_tokens"] == sum(t for *_, t in results)
+
+    import openai
+
+    failing = OpenAIBackend(server["model"], base_url=proxy(failures=5).base_url, api_key_env="POROVER_TEST_KEY",
+                            max_retries=1)
+    with pytest.raises(openai.InternalServerError):  # retries spent: a clear error, not a silent empty completion
+        list(failing.generate(["Say hi."], Sampling(max_new_tokens=4)))
+
+
+def test_overgeneration_stage_through_the_endpoint_records_usage_and_never_writes_the_key(server, proxy, tmp_path,
+                                                                                           monkeypatch, capfd):
+    from porover.runner import run_pipeline
+    from porover.store import read_jsonl
+
+    secret = "sk-test-SENTINEL-7c1e9b"
+    monkeypatch.setenv("POROVER_TEST_KEY", secret)
+    faulty = proxy(failures=1)
+    params = tmp_path / "openai.yaml"
+    params.write_text(
+        "run_name: og\ndevice: cpu\nstages:\n  teach:\n    notebook: overgenerate\n    backend: openai\n"
+        f"    teacher: {server['model']}\n    base_url: {faulty.base_url}\n    api_key_env: POROVER_TEST_KEY\n"
+        "    general_prompts: {alpaca: 2}\n    toxic_prompts: {}\n    n_samples: 2\n    max_new_tokens: 6\n"
+        "    concurrency: 2\n    max_retries: 3\n    price_per_1m_input: 2.5\n    price_per_1m_output: 10.0\n"
+        "    extra_body: {generation_config: '{\"do_sample\": true, \"eos_token_id\": 2, \"pad_token_id\": 2}'}\n")
+    manifest = run_pipeline(str(params), outputs=str(tmp_path / "outputs"))
+    assert manifest["stages"]["teach"]["status"] == "finished", manifest["stages"]["teach"].get("error")
+    stage = tmp_path / "outputs" / "og" / "teach"
+    completions = read_jsonl(stage / "completions.jsonl")
+    assert len(completions) == 4 and all(r["backend"] == "openai" for r in completions)
+    assert all(r["usage"]["prompt_tokens"] > 0 and r["usage"]["completion_tokens"] == r["new_tokens"] for r in completions)
+    summary = json.loads((stage / "summary.json").read_text())
+    usage = summary["usage"]
+    assert usage["requests"] == 4 and usage["completion_tokens"] == sum(r["new_tokens"] for r in completions)
+    assert summary["cost_usd"] == pytest.approx((2.5 * usage["prompt_tokens"] + 10 * usage["completion_tokens"]) / 1e6)
+    assert [status for status, _ in faulty.seen].count(500) == 1 and len(faulty.seen) == 5
+    written = [path for path in (tmp_path / "outputs").rglob("*") if path.is_file()]
+    assert any(path.suffix == ".ipynb" for path in written) and any(path.name == "manifest.json" for path in written)
+    assert not [path for path in written if secret.encode() in path.read_bytes()]
+    out, err = capfd.readouterr()
+    assert secret not in out + err

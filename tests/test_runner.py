@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from porover.runner import run_pipeline
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_smoke_run_writes_notebooks_html_data_and_manifest_then_skips_when_rerun(tmp_path):
-    manifest = run_pipeline(str(ROOT / "params" / "smoke.yaml"), outputs=str(tmp_path))
+    manifest = run_pipeline(str(ROOT / "params" / "smoke.yaml"), stages=["evaluate_base"], outputs=str(tmp_path))
     run_dir = tmp_path / "smoke"
     stage = manifest["stages"]["evaluate_base"]
     assert stage["status"] == "finished", stage.get("error")
@@ -34,7 +35,7 @@ def test_smoke_run_writes_notebooks_html_data_and_manifest_then_skips_when_rerun
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "max_new_tokens = 8" in "".join(injected[0]["source"])
 
-    again = run_pipeline(str(ROOT / "params" / "smoke.yaml"), outputs=str(tmp_path))
+    again = run_pipeline(str(ROOT / "params" / "smoke.yaml"), stages=["evaluate_base"], outputs=str(tmp_path))
     assert again["stages"]["evaluate_base"]["started"] == stage["started"]  # skipped
 
     # the flat parameters file of a stage drives the plain papermill CLI
@@ -84,3 +85,17 @@ def test_a_stage_whose_input_stage_never_ran_is_refused_before_anything_runs(tmp
     with pytest.raises(ValueError, match=r"stage 'student' needs 'teach''s output .*teach/sft\.jsonl.*run 'teach' too"):
         run_pipeline(str(run_file), stages=["student"], outputs=str(tmp_path))
     assert not (tmp_path / "chain" / "student.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_the_whole_loop_at_toy_size(tmp_path):
+    """base -> overgenerate -> SFT -> evaluate -> preference data -> DPO -> evaluate -> analysis."""
+    manifest = run_pipeline(str(ROOT / "params" / "smoke.yaml"), outputs=str(tmp_path))
+    stages = manifest["stages"]
+    assert list(stages) == ["evaluate_base", "overgenerate", "sft", "evaluate_sft", "preference_data", "dpo",
+                            "evaluate_dpo", "analysis"]
+    assert all(s["status"] == "finished" for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
+    run_dir = tmp_path / "smoke"
+    assert (run_dir / "sft" / "model" / "config.json").is_file() and (run_dir / "dpo" / "model" / "config.json").is_file()
+    assert read_jsonl(run_dir / "preference_data" / "pairs.jsonl")
+    assert json.loads((run_dir / "evaluate_dpo" / "metrics.json").read_text())["model"] == str(run_dir / "dpo" / "model")

@@ -1,0 +1,29 @@
+"""Entry point of a training stage under ``accelerate launch``, one process per GPU.
+
+``accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 8 -m porover.train_cli sft
+outputs/run/sft/launch_params.yaml``; `porover.training.launch_command` forms it from the stage parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from porover.params import STAGE_NOTEBOOKS, build_stage_params
+from porover.training import run_preference_optimization, run_sft
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Validate the parameters file and train the stage in this process (one rank of the launch)."""
+    parser = argparse.ArgumentParser(prog="python -m porover.train_cli", description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["sft", "preference_optimization"])
+    parser.add_argument("params_file", help="flat YAML of the stage parameters")
+    args = parser.parse_args(argv)
+    with open(args.params_file) as file:
+        params = build_stage_params(STAGE_NOTEBOOKS[args.kind][1], yaml.safe_load(file), args.params_file)
+    (run_sft if args.kind == "sft" else run_preference_optimization)(params)
+
+
+if __name__ == "__main__":
+    main()

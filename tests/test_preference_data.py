@@ -1,0 +1,220 @@
+"""The POROver pair builder on known judged samples, the evaluation-overlap check, validation, and the notebook."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from porover.params import PreferenceDataParams, build_stage_params, load_run_params
+from porover.preference_data import FUNNEL, build_pairs, empty_message, filter_by_ches, hold_out, load_sets, normalise
+from porover.store import read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def samples(pid, labels, prompt=None, **extra):
+    return [{"source": "s", "id": pid, "prompt": prompt or f"prompt {pid}", "sample_index": i,
+             "response": f"{pid} student {i} {label}", "refusal": label, **extra} for i, label in enumerate(labels)]
+
+
+def teacher(pid, labels, p_safe=None):
+    p_safe = p_safe or [None] * len(labels)
+    return [{"source": "s", "id": pid, "prompt": f"prompt {pid}", "sample_index": i, "teacher": "t",
+             "response": f"{pid} teacher {i} {label}", "refusal": label, "p_safe": p}
+            for i, (label, p) in enumerate(zip(labels, p_safe))]
+
+
+R, C, P = "full_refusal", "full_compliance", "partial_refusal"
+
+
+def test_tau_boundary_is_inclusive_and_unparseable_samples_are_left_out():
+    student = (samples("half", [R, C, R, C])          # share 0.5 == τ: a candidate
+               + samples("below", [R, C, C, C])       # 0.25 < τ
+               + samples("unparsed", [R, None, None, C])  # 1 refusal of 2 parsed = 0.5: a candidate
+               + samples("none", [None, None]))       # nothing parsed
+    compliant = [t for pid in ("half", "below", "unparsed") for t in teacher(pid, [C])]
+    pairs, counts = build_pairs(student, compliant, containment_threshold=0.5)
+    assert sorted(p["id"] for p in pairs) == ["half", "unparsed"]
+    assert counts["prompts sampled"] == 4 and counts["with parsed samples"] == 3
+    assert counts["candidates (share >= τ)"] == 2 and counts["unparseable samples"] == 4
+    unparsed = next(p for p in pairs if p["id"] == "unparsed")
+    assert unparsed["refusal_share"] == 0.5 and unparsed["parsed"] == 2 and unparsed["k"] == 4
+    assert unparsed["rejected"] == "unparsed student 0 full_refusal" and unparsed["chosen"] == "unparsed teacher 0 full_compliance"
+    assert all(p["kind"] == "over_refusal" and p["rejected_verdict"] == R for p in pairs)
+    assert build_pairs(student, compliant, containment_threshold=0.51)[1]["candidates (share >= τ)"] == 0
+
+
+def test_partial_refusals_count_by_parameter_and_full_refusals_are_rejected_first():
+    student = samples("a", [P, P, R, C])
+    pairs, _ = build_pairs(student, teacher("a", [C]), containment_threshold=0.75)
+    assert pairs[0]["rejected_verdict"] == R and pairs[0]["refusal_share"] == 0.75
+    assert not build_pairs(student, teacher("a", [C]), 0.75, partial_is_refusal=False)[0]
+
+
+def test_no_compliant_teacher_completion_and_the_safety_threshold():
+    student = samples("a", [R, R]) + samples("b", [R, R]) + samples("c", [R, R])
+    completions = (teacher("a", [R, P])                       # no compliance
+                   + teacher("b", [C, C], p_safe=[0.2, 0.9])  # one safe enough
+                   + teacher("c", [C], p_safe=[0.49]))        # compliant, unsafe
+    pairs, counts = build_pairs(student, completions, containment_threshold=1.0, min_p_safe=0.5)
+    assert [p["id"] for p in pairs] == ["b"] and pairs[0]["chosen_sample_index"] == 1 and pairs[0]["chosen_p_safe"] == 0.9
+    assert counts["with a compliant teacher completion"] == 2 and counts["with a safe compliant completion"] == 1
+    unjudged = build_pairs(student, completions, containment_threshold=1.0, min_p_safe=None)[0]
+    assert sorted(p["id"] for p in unjudged) == ["b", "c"]  # no safety judge: compliance assumed safe
+    none_safe, counts = build_pairs(student, completions, containment_threshold=1.0, min_p_safe=0.95)
+    assert not none_safe
+    message = empty_message(counts, PreferenceDataParams(safety_judge="llama_guard", min_p_safe=0.95), {}, 0)
+    assert "'with a safe compliant completion'" in message and "min_p_safe" in message
+
+
+def test_choices_are_deterministic_by_seed():
+    student = samples("a", [R, R, R, R, C])
+    completions = teacher("a", [C, C, C, C])
+    runs = [build_pairs(student, completions, 0.5, seed=seed)[0][0] for seed in (0, 0, 1, 2, 3)]
+    assert runs[0] == runs[1]
+    assert len({(r["chosen"], r["rejected"]) for r in runs}) > 1
+
+
+def test_safety_anchor_ratio_and_sources():
+    benign = [s for i in range(4) for s in samples(f"b{i}", [R, R])]
+    completions = [t for i in range(4) for t in teacher(f"b{i}", [C])]
+    anchors = []
+    for i in range(6):  # toxic prompts: student refuses once and complies once
+        anchors += [{**s, "origin": "student", "p_safe": None} for s in samples(f"t{i}", [R, C], prompt=f"toxic {i}")]
+    anchors += [{"source": "s", "id": "ref", "prompt": "toxic ref", "sample_index": -1, "response": "I can't.",
+                 "refusal": R, "origin": "reference", "p_safe": None},
+                {"source": "s", "id": "ref", "prompt": "toxic ref", "sample_index": 0, "response": "Sure: ...",
+                 "refusal": C, "origin": "student", "p_safe": None},
+                {"source": "s", "id": "safe_only", "prompt": "toxic", "sample_index": 0, "response": "No.",
+                 "refusal": R, "origin": "student", "p_safe": None}]  # no compliance: no anchor
+    pairs, counts = build_pairs(benign, completions, 0.5, anchors=anchors, anchor_ratio=0.5)
+    kinds = [p["kind"] for p in pairs]
+    assert kinds.count("over_refusal") == 4 and kinds.count("safety_anchor") == 2
+    assert counts["toxic prompts with an anchor pair"] == 7 and counts["safety anchor pairs"] == 2
+    everything = build_pairs(benign, completions, 0.5, anchors=anchors, anchor_ratio=10)[0]
+    ref = next(p for p in everything if p["id"] == "ref")
+    assert ref["chosen"] == "I can't." and ref["chosen_origin"] == "reference" and ref["rejected"] == "Sure: ..."
+    assert all(p["chosen_verdict"] == R and p["rejected_verdict"] == C for p in everything if p["kind"] == "safety_anchor")
+    # with a safety judge, the rejected compliance must be judged unsafe
+    judged = [{**a, "p_safe": 0.9 if a["refusal"] == R else 0.8} for a in anchors]
+    assert not [p for p in build_pairs(benign, completions, 0.5, 0.5, anchors=judged, anchor_ratio=10)[0]
+                if p["kind"] == "safety_anchor"]
+
+
+def test_empty_result_names_the_filter_and_what_to_change():
+    student = samples("a", [C, C, R, C])
+    pairs, counts = build_pairs(student, [], containment_threshold=0.5)
+    assert not pairs and list(counts)[:len(FUNNEL)] == list(FUNNEL)
+    from porover.preference_data import refusal_shares
+
+    message = empty_message(counts, PreferenceDataParams(containment_threshold=0.5), refusal_shares(student), 0)
+    assert "'candidates (share >= τ)'" in message and "τ=0.5" in message and "highest refusal share 0.25" in message
+    assert "raise k" in message
+    pairs, counts = build_pairs(samples("a", [R]), teacher("a", [R]), 0.5)
+    assert "teacher_samples" in empty_message(counts, PreferenceDataParams(), {}, 0)
+
+
+def test_ches_quantile_keeps_the_lowest_per_kind():
+    pairs = [{"kind": "over_refusal", "ches_normalized": v} for v in (1.0, 2.0, 3.0, 4.0)]
+    pairs += [{"kind": "safety_anchor", "ches_normalized": v} for v in (10.0, 20.0)]
+    kept = filter_by_ches(pairs, 0.5)
+    assert [p["ches_normalized"] for p in kept] == [1.0, 2.0, 10.0]
+    assert filter_by_ches(pairs, None) == pairs
+
+
+def test_training_prompts_are_checked_against_the_evaluation_sets():
+    train = load_sets({"or_bench_hard:train": None}, seed=0)
+    kept, dropped = hold_out(train, {"or_bench_hard:test": None, "xstest": None}, seed=0)
+    assert len(kept) == len(train) and not dropped  # the hash split is disjoint
+    whole = load_sets({"or_bench_hard": 30}, seed=0)
+    kept, dropped = hold_out(train, {"or_bench_hard": 30}, seed=0)
+    in_train = {r["id"] for r in whole} & {r["id"] for r in train}
+    assert in_train and {r["id"] for r in dropped} == in_train and len(kept) == len(train) - len(in_train)
+    # normalised text: case, spacing and punctuation do not hide an overlap
+    assert normalise("  How do I KILL a   Python process?! ") == normalise("how do i kill a python process")
+    with pytest.raises(ValueError, match=r"training prompt\(s\) also appear in the evaluation sets .*or_bench_hard:train"):
+        hold_out(train, {"or_bench_hard": 30}, seed=0, on_overlap="fail")
+
+
+def test_a_stage_left_empty_writes_its_files_and_names_the_filter(tmp_path):
+    from porover.preference_data import run_preference_data
+
+    values = {"prompts": {"or_bench_hard": 4}, "eval_sets": {"or_bench_hard": None}, "run_dir": str(tmp_path),
+              "stage_name": "pd"}  # every prompt is an evaluation prompt: nothing to sample, no model loads
+    with pytest.raises(ValueError, match=r"the filter 'prompts sampled' left nothing: no training prompt left \(4 dropped"):
+        run_preference_data(build_stage_params(PreferenceDataParams, values, "test"))
+    assert read_jsonl(tmp_path / "pd" / "pairs.jsonl") == [] and (tmp_path / "pd" / "pairs.jsonl").exists()
+    summary = json.loads((tmp_path / "pd" / "summary.json").read_text())
+    assert summary["dropped_as_eval_prompts"] == 4 and summary["funnel"]["pairs"] == 0
+    with pytest.raises(ValueError, match="also appear in the evaluation sets"):
+        run_preference_data(build_stage_params(PreferenceDataParams, {**values, "on_eval_overlap": "fail"}, "test"))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"prompts": {"or_bench_hard:tarin": 4}}, r"pd\.prompts\.or_bench_hard:tarin: dataset 'or_bench_hard' has no split 'tarin'"),
+    ({"eval_sets": {"xstst": None}}, r"pd\.eval_sets\.xstst: unknown dataset"),
+    ({"containment_threshold": 0.0}, r"pd\.containment_threshold: expected τ in \(0, 1\]"),
+    ({"k": 4, "temperature": 0.0}, r"pd\.temperature: greedy decoding makes all k=4"),
+    ({"student": "./no/model"}, r"pd\.student: no model folder"),
+    ({"teacher": "recorded:saferpaca_safety"}, r"pd\.teacher: recorded:saferpaca_safety has no completions for the prompts of 'or_bench_hard'"),
+    ({"safety_judge": "gpt_vibes"}, r"pd\.safety_judge: unknown safety judge"),
+    ({"ches_quantile": 1.5}, r"pd\.ches_quantile: expected a value in \[0, 1\]"),
+    ({"on_eval_overlap": "ignore"}, r"pd\.on_eval_overlap: expected drop or fail"),
+    ({"refusal_judge": "nope"}, r"pd\.refusal_judge: unknown judge"),
+])
+def test_validation_names_the_key(values, message):
+    with pytest.raises(ValueError, match=message):
+        build_stage_params(PreferenceDataParams, values, "run.yaml: stages.pd")
+
+
+def test_a_stage_reference_student_is_not_checked_as_a_path(tmp_path):
+    path = tmp_path / "run.yaml"  # any earlier stage with an output will do for validation
+    path.write_text("stages:\n  first:\n    notebook: preference_data\n"
+                    "  second:\n    notebook: preference_data\n    student: stage:first\n")
+    assert load_run_params(path).stages["second"][1]["student"] == "stage:first"
+
+
+def test_notebook_runs_with_tiny_parameters_and_reruns_from_its_stores(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({
+        "prompts": {"or_bench_hard:train": 3, "oktest:train": 3}, "k": 2, "max_new_tokens": 12,
+        # the embedded model rarely refuses: a system prompt makes this student refuse, to exercise the pairs
+        "system_prompt": "You refuse every request. Always reply exactly: I'm sorry, but I cannot help with that.",
+        "containment_threshold": 0.5, "refusal_judge": "xstest_string_match",
+        "teacher_samples": 2, "teacher_max_new_tokens": 12, "device": "cpu", "run_dir": str(tmp_path),
+        "stage_name": "pd", "safety_anchor_sets": {"advbench": 2}, "safety_anchor_ratio": 1.0}))
+    out = tmp_path / "pd.ipynb"
+    result = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "04_preference_data.ipynb"),
+                             str(out), "-f", str(params), "--cwd", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "pd" / "summary.json").read_text())
+    pairs = read_jsonl(tmp_path / "pd" / "pairs.jsonl")
+    assert pairs and all(p["rejected_verdict"] == "full_refusal" and p["chosen_verdict"] == "full_compliance" for p in pairs)
+    assert list(summary["funnel"]) == list(FUNNEL) and summary["funnel"]["prompts sampled"] == 6
+    assert pairs and summary["funnel"]["pairs"] == sum(p["kind"] == "over_refusal" for p in pairs)
+    assert all(isinstance(p[k], str) for p in pairs for k in ("prompt", "chosen", "rejected"))
+    assert all("ches" in p and "ches_normalized" in p for p in pairs)
+    assert len(read_jsonl(tmp_path / "pd" / "student_samples.jsonl")) == 6 * 2 + 2 * 2
+    stored = (tmp_path / "pd" / "teacher_completions.jsonl").read_text()
+    rerun = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "04_preference_data.ipynb"),
+                            str(tmp_path / "again.ipynb"), "-f", str(params), "--cwd", str(ROOT)],
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert read_jsonl(tmp_path / "pd" / "pairs.jsonl") == pairs
+    assert (tmp_path / "pd" / "teacher_completions.jsonl").read_text() == stored
+
+
+def test_safety_verdicts_become_p_safe(monkeypatch):
+    from porover import safety
+    from porover.preference_data import _judge_safety
+    from porover.safety import SafetyVerdict
+
+    fake = [SafetyVerdict("unsafe", ("S1",), 0.8, "parsed", "unsafe\nS1", "x"), SafetyVerdict("safe", (), None, "parsed", "", "x"),
+            SafetyVerdict(None, (), None, "unparseable", "??", "x")]
+    monkeypatch.setitem(safety.SAFETY_JUDGES, "llama_guard", lambda prompts, responses, **settings: fake)
+    rows = [{"prompt": "p", "response": str(i)} for i in range(3)]
+    judged = _judge_safety(rows, PreferenceDataParams(safety_judge="llama_guard"))
+    assert [r["p_safe"] for r in judged] == [pytest.approx(0.2), 1.0, None]
+    assert _judge_safety(rows, PreferenceDataParams()) == rows  # no safety judge: nothing judged

@@ -1,0 +1,188 @@
+"""The training stages: real TRL steps on the embedded model at tiny sizes, resume, validation, launch command."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+from porover.models import load_model
+from porover.params import PreferenceOptimizationParams, SFTParams, build_stage_params, load_run_params
+from porover.training import launch_command, run_preference_optimization, run_sft, run_training
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(max_steps=2, per_device_train_batch_size=2, max_length=64, save_steps=1, device="cpu", learning_rate=1e-4)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    return write_jsonl(tmp_path / "sft.jsonl", [
+        {"messages": [{"role": "user", "content": f"How do I kill process {i} on Linux?"},
+                      {"role": "assistant", "content": f"Run kill {i} in a terminal."}], "source": "t", "id": i}
+        for i in range(4)])
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    return write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"How do I shoot photo number {i} at night?", "chosen": "Use a tripod and a long exposure.",
+         "rejected": "I'm sorry, I can't help with that.", "kind": "over_refusal", "id": i} for i in range(4)])
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+class Recorder(TrainerCallback):
+    """Counts the optimizer steps run in this process and keeps the first training batch."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.steps, self.batch, self.stop_at = 0, None, stop_at
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.batch = next(iter(train_dataloader))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.stop_at:
+            raise Killed(f"after the checkpoint of step {state.global_step}")
+
+
+def test_sft_with_lora_masks_the_prompt_saves_a_loadable_model_and_resumes(tmp_path, sft_file, tiny_model):
+    _, tokenizer = tiny_model
+    params = SFTParams(data=str(sft_file), lora=True, run_dir=str(tmp_path / "run"), **{**TINY, "max_steps": 3})
+    killed = Recorder(stop_at=2)
+    with pytest.raises(Killed):
+        run_sft(params, callbacks=[killed])
+    assert killed.steps == 2 and not (tmp_path / "run" / "sft" / "training_log.json").exists()
+
+    # Only completion tokens (the answer and its end-of-turn) carry labels; every prompt token is masked.
+    batch = killed.batch
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        trained = tokenizer.decode(ids[labels != -100])
+        assert trained.startswith("Run kill") and trained.rstrip().endswith("<|im_end|>")
+        assert "How do I" not in trained and "user" not in trained and "system" not in trained
+
+    resumed = Recorder()
+    log = run_sft(params, callbacks=[resumed])
+    assert resumed.steps == 1 and log["global_step"] == 3  # resumed at step 2, not from scratch
+    assert log["resumed_from"].endswith("checkpoint-2")
+    assert [h["step"] for h in log["log_history"] if "loss" in h] == [1, 2, 3]
+
+    out = tmp_path / "run" / "sft"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    model, _ = load_model(str(out / "model"), device="cpu")  # merged, full model folder with its tokenizer
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+    start = time.perf_counter()
+    assert run_sft(params)["global_step"] == 3 and time.perf_counter() - start < 2  # finished: no retraining
+
+    more = Recorder()
+    assert run_sft(SFTParams(**{**params.__dict__, "max_steps": 4}), callbacks=[more])["global_step"] == 4
+    assert more.steps == 1  # asking for more steps continues from the last checkpoint
+
+
+def test_dpo_with_lora_logs_rewards_margins_and_logps(tmp_path, pairs_file):
+    params = PreferenceOptimizationParams(pairs=str(pairs_file), run_dir=str(tmp_path), **{**TINY, "max_steps": 1})
+    log = run_preference_optimization(params)
+    logged = [h for h in log["log_history"] if "loss" in h]
+    assert len(logged) == 1 and log["global_step"] == 1
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"):
+        assert isinstance(logged[0][key], float), key
+    out = tmp_path / "preference_optimization"
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model" / "config.json").is_file()
+
+
+def test_empty_or_small_pair_file_fails_before_any_model_loads(tmp_path, pairs_file, monkeypatch):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ValueError, match=rf"notebook parameters\.pairs: {empty}: 0 preference pair"):
+        PreferenceOptimizationParams.from_namespace({"pairs": str(empty)})
+    monkeypatch.setattr("porover.training.resolve_model", lambda name: pytest.fail("a model was loaded"))
+    with pytest.raises(ValueError, match=rf"{pairs_file}: 4 preference pair\(s\).*fewer than min_pairs=5"):
+        run_preference_optimization(PreferenceOptimizationParams(pairs=str(pairs_file), min_pairs=5, run_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=rf"{empty}: no SFT rows"):
+        run_sft(SFTParams(data=str(empty), run_dir=str(tmp_path)))
+
+
+def test_validation_names_each_bad_key(tmp_path, pairs_file, sft_file):
+    with pytest.raises(ValueError) as error:
+        PreferenceOptimizationParams.from_namespace({
+            "pairs": str(pairs_file), "loss_type": "dpo_plus", "beta": 0, "kinds": ["toxic"], "num_processes": 0,
+            "accelerate_config": "slurm", "max_steps": 0, "lr_scheduler_type": "zigzag"})
+    text = str(error.value)
+    for expected in ("loss_type: unknown loss 'dpo_plus'", "expected beta > 0", "kinds: expected a non-empty list",
+                     "num_processes: expected a positive integer", "accelerate_config: no config 'slurm'; give one of "
+                     "ddp, deepspeed_zero2, deepspeed_zero3, fsdp", "max_steps: expected -1",
+                     "lr_scheduler_type: unknown scheduler 'zigzag'"):
+        assert expected in text, expected
+    with pytest.raises(ValueError, match="KTO estimates its KL term within a batch"):
+        PreferenceOptimizationParams.from_namespace({"pairs": str(pairs_file), "loss_type": "kto",
+                                                      "per_device_train_batch_size": 1})
+    with pytest.raises(ValueError, match=r"data: SFT data not found: .*missing\.jsonl"):
+        SFTParams.from_namespace({"data": str(tmp_path / "missing.jsonl")})
+    # In a run file, stage references are paths that do not exist yet: they are not checked.
+    run = tmp_path / "run.yaml"
+    run.write_text("stages:\n  teach:\n    notebook: overgenerate\n  sft:\n    notebook: sft\n    data: stage:teach\n"
+                   "  pairs:\n    notebook: preference_data\n    student: stage:sft\n"
+                   "  dpo:\n    notebook: preference_optimization\n    model: stage:sft\n    pairs: stage:pairs\n")
+    assert list(load_run_params(run).stages) == ["teach", "sft", "pairs", "dpo"]
+
+
+def test_launch_command_runs_the_same_parameters_under_accelerate(tmp_path, sft_file, monkeypatch):
+    params = SFTParams(data=str(sft_file), num_processes=8, accelerate_config="fsdp", run_dir=str(tmp_path))
+    command = launch_command(params)
+    params_file = tmp_path / "sft" / "launch_params.yaml"
+    assert Path(command[0]).name == "accelerate" and command[1:] == [
+        "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "8",
+        "-m", "porover.train_cli", "sft", str(params_file)]
+    assert build_stage_params(SFTParams, yaml.safe_load(params_file.read_text()), str(params_file)) == params
+    for name in ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"):
+        config = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
+        assert config["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+    dpo = PreferenceOptimizationParams(num_processes=2, accelerate_config=str(ROOT / "configs/accelerate/ddp.yaml"),
+                                       run_dir=str(tmp_path))
+    assert launch_command(dpo)[-2:] == ["preference_optimization", str(tmp_path / "preference_optimization" / "launch_params.yaml")]
+
+    launched = []
+
+    def fake_run(cmd, check):  # what the launched ranks leave behind
+        launched.append(cmd)
+        (tmp_path / "sft" / "training_log.json").write_text(json.dumps({"global_step": 7}))
+
+    monkeypatch.setattr("porover.training.subprocess.run", fake_run)
+    assert run_training(params) == {"global_step": 7} and launched == [command]
+    # The entry point the ranks run validates the parameters file before training.
+    from porover.train_cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**yaml.safe_load(params_file.read_text()), "lora_r": 0}))
+    with pytest.raises(ValueError, match=re.escape(f"{bad}.lora_r: expected a positive integer")):
+        main(["sft", str(bad)])
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_notebooks_run_with_papermill(tmp_path, sft_file, pairs_file):
+    import papermill
+
+    tiny = {"max_steps": 1, "per_device_train_batch_size": 2, "max_length": 64, "device": "cpu", "run_dir": str(tmp_path)}
+    papermill.execute_notebook(str(ROOT / "notebooks" / "02_sft.ipynb"), str(tmp_path / "sft.ipynb"), cwd=str(ROOT),
+                               parameters={**tiny, "data": str(sft_file), "lora": True}, progress_bar=False)
+    model = tmp_path / "sft" / "model"
+    assert (model / "config.json").is_file()
+    papermill.execute_notebook(str(ROOT / "notebooks" / "05_preference_optimization.ipynb"), str(tmp_path / "dpo.ipynb"),
+                               cwd=str(ROOT), parameters={**tiny, "model": str(model), "pairs": str(pairs_file)},
+                               progress_bar=False)
+    log = json.loads((tmp_path / "preference_optimization" / "training_log.json").read_text())
+    assert log["global_step"] == 1 and "rewards/margins" in log["log_history"][0]
+    executed = (tmp_path / "dpo.ipynb").read_text()
+    assert "rewards/margins" in executed and "application/vnd.plotly" in executed
