@@ -294,29 +294,26 @@ class AnalysisParams:
 
 
 @dataclass
-class SFTParams:
-    """Parameters of ``notebooks/02_sft.ipynb``: supervised fine-tuning on the selected completions (TRL).
+class TrainingParams:
+    """What the SFT and preference-optimization stages share (as TRL's configs share TrainingArguments).
 
     Attributes:
-        model: The model to fine-tune: embedded name, Hugging Face id or model folder.
-        data: JSONL of chat rows {"messages": [user, assistant]} (``stage:overgenerate`` in a run).
-        max_rows: Train on the first this many rows (None = all).
         lora: Train a LoRA adapter (PEFT) instead of every weight; it is merged into ``model/`` when saved.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator.
         lora_dropout: Dropout on the LoRA branch.
         lora_target_modules: Modules given adapters: "all-linear" or a list of module names.
-        learning_rate: Peak AdamW learning rate (the paper's full fine-tuning: ~1e-5; LoRA: ~1e-4).
+        learning_rate: Peak AdamW learning rate.
         num_train_epochs: Passes over the data (ignored when max_steps > 0).
         max_steps: Optimizer steps to train for (-1 = num_train_epochs).
-        per_device_train_batch_size: Sequences per device per step.
+        per_device_train_batch_size: Sequences (SFT) or pairs (preference optimization) per device per step.
         gradient_accumulation_steps: Micro-batches accumulated per optimizer step.
         lr_scheduler_type: transformers scheduler name ("linear", "cosine", "constant", ...).
         warmup_steps: Warmup steps, or a share of the steps when below 1.
         weight_decay: AdamW weight decay.
-        max_length: Tokens per sequence (prompt + completion); longer rows are truncated.
+        max_length: Tokens per sequence (prompt + response); longer ones are truncated.
         gradient_checkpointing: Trade compute for memory (off: it slows a small model down).
-        logging_steps: Steps between loss log entries.
+        logging_steps: Steps between log entries.
         save_steps: Steps between checkpoints (the resume points after an interruption).
         save_total_limit: Checkpoints kept.
         num_processes: Processes (GPUs) to train on; above 1 the stage runs under ``accelerate launch``.
@@ -327,9 +324,6 @@ class SFTParams:
         stage_name: Name of this stage in the run.
     """
 
-    model: str = "smollm2-135m-instruct"
-    data: str = "outputs/scratch/overgenerate/sft.jsonl"
-    max_rows: int | None = None
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -353,14 +347,36 @@ class SFTParams:
     seed: int = 0
     device: str = "auto"
     run_dir: str = "outputs/scratch"
-    stage_name: str = "sft"
+    stage_name: str = "training"
 
     from_namespace = classmethod(EvaluateParams.from_namespace.__func__)
 
 
 @dataclass
-class PreferenceOptimizationParams:
+class SFTParams(TrainingParams):
+    """Parameters of ``notebooks/02_sft.ipynb``: supervised fine-tuning on the selected completions (TRL).
+
+    The training settings are those of `TrainingParams` (full fine-tuning, learning rate 2e-5 by default:
+    the paper's full fine-tuning uses ~1e-5; LoRA wants ~1e-4).
+
+    Attributes:
+        model: The model to fine-tune: embedded name, Hugging Face id or model folder.
+        data: JSONL of chat rows {"messages": [user, assistant]} (``stage:overgenerate`` in a run).
+        max_rows: Train on the first this many rows (None = all).
+    """
+
+    model: str = "smollm2-135m-instruct"
+    data: str = "outputs/scratch/overgenerate/sft.jsonl"
+    max_rows: int | None = None
+    stage_name: str = "sft"
+
+
+@dataclass
+class PreferenceOptimizationParams(TrainingParams):
     """Parameters of ``notebooks/05_preference_optimization.ipynb``: DPO and TRL's other preference losses.
+
+    The training settings are those of `TrainingParams`, with LoRA on and learning rate 5e-5 by default
+    (the reference is then the same model with the adapter disabled; full fine-tuning wants ~5e-7).
 
     Attributes:
         model: The policy to start from, usually the SFT student (``stage:sft`` in a run).
@@ -374,30 +390,6 @@ class PreferenceOptimizationParams:
         label_smoothing: Assumed share of flipped labels (robust DPO), ε of EXO.
         precompute_ref_log_probs: Full fine-tuning: compute the reference log-probabilities once before
             training, so no reference model stays in memory (LoRA: the adapter-disabled policy is the reference).
-        lora: Train a LoRA adapter; the reference is then the same model with the adapter disabled.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: Dropout on the LoRA branch.
-        lora_target_modules: Modules given adapters: "all-linear" or a list of module names.
-        learning_rate: Peak AdamW learning rate (full fine-tuning: ~5e-7; LoRA: ~5e-5).
-        num_train_epochs: Passes over the pairs (ignored when max_steps > 0).
-        max_steps: Optimizer steps (-1 = num_train_epochs).
-        per_device_train_batch_size: Pairs per device per step.
-        gradient_accumulation_steps: Micro-batches accumulated per optimizer step.
-        lr_scheduler_type: transformers scheduler name.
-        warmup_steps: Warmup steps, or a share of the steps when below 1.
-        weight_decay: AdamW weight decay.
-        max_length: Tokens per prompt + response; longer ones are truncated.
-        gradient_checkpointing: Trade compute for memory.
-        logging_steps: Steps between metric log entries (rewards, margins, log-probabilities).
-        save_steps: Steps between checkpoints.
-        save_total_limit: Checkpoints kept.
-        num_processes: Processes (GPUs); above 1 the stage runs under ``accelerate launch``.
-        accelerate_config: "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3" or a YAML path.
-        seed: Seed for the adapter initialisation and data order.
-        device: "auto", "cpu", "cuda" or "mps".
-        run_dir: Run folder; this stage writes under ``run_dir/stage_name``.
-        stage_name: Name of this stage in the run.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -410,31 +402,8 @@ class PreferenceOptimizationParams:
     label_smoothing: float = 0.0
     precompute_ref_log_probs: bool = True
     lora: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str | list[str] = "all-linear"
     learning_rate: float = 5e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "linear"
-    warmup_steps: float = 0.0
-    weight_decay: float = 0.0
-    max_length: int = 256
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    save_steps: int = 20
-    save_total_limit: int = 2
-    num_processes: int = 1
-    accelerate_config: str = "ddp"
-    seed: int = 0
-    device: str = "auto"
-    run_dir: str = "outputs/scratch"
     stage_name: str = "preference_optimization"
-
-    from_namespace = classmethod(EvaluateParams.from_namespace.__func__)
 
 
 # notebook name -> (file under notebooks/, parameters class)
