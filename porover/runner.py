@@ -130,6 +130,12 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     if unknown:
         raise ValueError(f"{params_path}: unknown stage(s) {unknown}; stages in this file: {list(run_params.stages)}")
     run_dir = Path(outputs) / (run_name or run_params.run_name)
+    missing = [f"stage {stage!r} needs {target!r}'s output {stage_output(run_dir, target, run_params.stages[target][0])}, "
+               f"which does not exist; run {target!r} too"
+               for stage in selected for target in _upstream(run_params.stages[stage][1])
+               if target not in selected and not stage_output(run_dir, target, run_params.stages[target][0]).exists()]
+    if missing:
+        raise ValueError(f"{params_path}: " + "; ".join(missing))
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"stages": {}}
@@ -143,12 +149,6 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("porover")
 
-    missing = [f"stage {stage!r} needs {target!r}'s output {stage_output(run_dir, target, run_params.stages[target][0])}, "
-               f"which does not exist; run {target!r} too"
-               for stage in selected for target in _upstream(run_params.stages[stage][1])
-               if target not in selected and not stage_output(run_dir, target, run_params.stages[target][0]).exists()]
-    if missing:
-        raise ValueError(f"{params_path}: " + "; ".join(missing))
     ran = set()
     for stage in selected:
         notebook_name, params = run_params.stages[stage]
