@@ -29,6 +29,11 @@ def is_stage_ref(value: object) -> bool:
     return isinstance(value, str) and value.startswith(STAGE_REF)
 
 
+def referenced_stage(value: object) -> str | None:
+    """NAME for a ``stage:NAME`` value, else None."""
+    return value[len(STAGE_REF):] if is_stage_ref(value) else None
+
+
 def stage_output(run_dir: str | Path, stage: str, notebook: str) -> Path:
     """Where stage ``stage`` (of notebook kind ``notebook``) writes its main output."""
     return Path(run_dir) / stage / STAGE_OUTPUTS[notebook]
@@ -36,8 +41,8 @@ def stage_output(run_dir: str | Path, stage: str, notebook: str) -> Path:
 
 def resolve_stage_refs(params: dict, run: "RunParams", run_dir: str | Path) -> dict:
     """``params`` with every ``stage:NAME`` value replaced by the path of NAME's main output."""
-    return {key: str(stage_output(run_dir, value[len(STAGE_REF):], run.stages[value[len(STAGE_REF):]][0]))
-            if is_stage_ref(value) else value for key, value in params.items()}
+    return {key: str(stage_output(run_dir, target, run.stages[target][0])) if (target := referenced_stage(value)) else value
+            for key, value in params.items()}
 
 
 @dataclass
@@ -707,7 +712,7 @@ def load_run_params(path: str | Path) -> RunParams:
         notebook = body["notebook"]
         cls = STAGE_NOTEBOOKS[notebook][1]
         for key, value in body.items():
-            target = value[len(STAGE_REF):] if is_stage_ref(value) else None
+            target = referenced_stage(value)
             if target is None:
                 continue
             if target not in kinds:

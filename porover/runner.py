@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from porover.params import STAGE_NOTEBOOKS, STAGE_REF, is_stage_ref, load_run_params, resolve_stage_refs, stage_output
+from porover.params import STAGE_NOTEBOOKS, load_run_params, referenced_stage, resolve_stage_refs, stage_output
 from porover.progress import PLAIN_ENV
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -96,7 +96,7 @@ class PeakMemory:
 
 def _upstream(params: dict) -> list[str]:
     """The stages whose outputs these parameters refer to (``stage:NAME`` values)."""
-    return [value[len(STAGE_REF):] for value in params.values() if is_stage_ref(value)]
+    return [target for value in params.values() if (target := referenced_stage(value))]
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
