@@ -118,9 +118,10 @@ def _hh_rlhf_harmless() -> list[dict]:
     return rows
 
 
-def _malicious_instruct() -> list[dict]:
-    lines = (DATA_DIR / "malicious_instruct/MaliciousInstruct.txt").read_text(encoding="utf-8").splitlines()
-    return [_row(f"malicious_instruct-{i}", p, "unsafe") for i, p in enumerate(lines) if p.strip()]
+def _lines(rel: str, name: str, label: str) -> list[dict]:
+    """One prompt per non-empty line of a text file."""
+    lines = (DATA_DIR / rel).read_text(encoding="utf-8").splitlines()
+    return [_row(f"{name}-{i}", p, label) for i, p in enumerate(lines) if p.strip()]
 
 
 _STL_EVAL = {  # file stem -> (name, label); labels follow safety_tuned_llamas/SOURCE.md
@@ -154,7 +155,10 @@ DATASETS: dict[str, Callable[[], list[dict]]] = {
     "strongreject": partial(_table, "strongreject/strongreject_dataset.csv", "strongreject", "forbidden_prompt",
                             "unsafe", "category"),
     "do_not_answer": _do_not_answer,
-    "malicious_instruct": _malicious_instruct,
+    "malicious_instruct": partial(_lines, "malicious_instruct/MaliciousInstruct.txt", "malicious_instruct", "unsafe"),
+    # DRO's training queries: harmful line i and harmless line i share their verb (dro/SOURCE.md)
+    "dro_harmful": partial(_lines, "dro/harmful_custom.txt", "dro_harmful", "unsafe"),
+    "dro_harmless": partial(_lines, "dro/harmless_custom.txt", "dro_harmless", "safe"),
     "hh_rlhf_harmless": _hh_rlhf_harmless,
     "saferpaca_safety": _saferpaca_safety,
     "alpaca": partial(_table, "alpaca/alpaca_instructions_no_input.json", "alpaca", "instruction", None),

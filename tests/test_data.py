@@ -17,7 +17,7 @@ EXPECTED_ROWS = {
     "strongreject": 313, "do_not_answer": 939, "malicious_instruct": 100, "saferpaca_safety": 2483,
     "alpaca": 31323, "hh_rlhf_harmless": 2178, "stl_i_alpaca": 50, "stl_i_cona": 178,
     "stl_i_controversial": 40, "stl_i_malicious_instructions": 100, "stl_i_physical_safety_safe": 100,
-    "stl_i_physical_safety_unsafe": 100, "stl_q_harm": 100,
+    "stl_i_physical_safety_unsafe": 100, "stl_q_harm": 100, "dro_harmful": 100, "dro_harmless": 100,
 }
 
 
