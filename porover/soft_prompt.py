@@ -1,0 +1,180 @@
+"""A learned soft safety prompt (DRO): its folder, its place in the chat template, and generation with it.
+
+The soft prompt is a matrix of ``n`` input embeddings that stands for the *content* of the system turn. Every
+prompt is rendered with a system message of ``n`` placeholder tokens (the tokenizer's eos, as DRO's code does);
+the embeddings at those positions are replaced by the soft prompt and the model runs on ``inputs_embeds``. The
+placeholder's offset is measured from the rendered prefix and every placeholder position is checked, so a
+template that puts an eos token earlier cannot shift it silently.
+
+A DRO stage saves ``model/`` = ``soft_prompt.safetensors`` + ``soft_prompt.json`` (the base model it was trained
+for, with that model's content digest); ``model: stage:dro`` in an evaluation stage then generates with the base
+model and the soft prompt (`SoftPromptBackend`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from porover.generation.local import RowSampler, TransformersBackend
+from porover.generation.sampling import Sampling
+
+SPEC_FILE = "soft_prompt.json"
+WEIGHTS_FILE = "soft_prompt.safetensors"
+
+
+@dataclass(frozen=True)
+class SoftPromptSpec:
+    """What a soft-prompt folder holds besides the weights.
+
+    Attributes:
+        base: The model the prompt was trained for (embedded name, hub id or absolute folder).
+        base_digest: That model's content digest when it was trained (`porover.models.model_digest`).
+        init_prompt: The human safety prompt it was initialised from (its condition name).
+        n_tokens: Its length.
+    """
+
+    base: str
+    base_digest: str
+    init_prompt: str
+    n_tokens: int
+
+
+def save_soft_prompt(folder: str | Path, soft_prompt, spec: SoftPromptSpec) -> None:
+    """Write the weights (float32) and the spec; the folder becomes what ``stage:dro`` stands for."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"soft_prompt": soft_prompt.detach().float().cpu().contiguous()}, str(folder / WEIGHTS_FILE))
+    (folder / SPEC_FILE).write_text(json.dumps(spec.__dict__, indent=1))
+
+
+def read_soft_prompt(model: str | Path) -> tuple[SoftPromptSpec, object] | None:
+    """``(spec, weights)`` of a soft-prompt folder, else None (any other model name or folder)."""
+    path = Path(str(model)).expanduser()
+    if not (path / SPEC_FILE).is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return SoftPromptSpec(**json.loads((path / SPEC_FILE).read_text())), load_file(str(path / WEIGHTS_FILE))["soft_prompt"]
+
+
+def placeholder_ids(tokenizer, prompt: str, n_tokens: int) -> tuple[list[int], int]:
+    """Token ids of ``prompt`` rendered with a system turn of ``n_tokens`` placeholders, and where they start.
+
+    Raises:
+        ValueError: The placeholder does not come out as ``n_tokens`` eos tokens at the measured offset.
+    """
+    placeholder = tokenizer.eos_token * n_tokens
+    messages = [{"role": "system", "content": placeholder}, {"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    start = len(tokenizer(text[:text.index(placeholder)], add_special_tokens=False)["input_ids"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if ids[start:start + n_tokens] != [tokenizer.eos_token_id] * n_tokens:
+        raise ValueError(f"the chat template does not keep {n_tokens} placeholder tokens at position {start}")
+    return ids, start
+
+
+def soft_prompt_batch(model, tokenizer, prompts: Sequence[str], soft_prompt, padding_side: str = "right"):
+    """``(inputs_embeds, attention_mask, lengths)`` of prompts with the soft prompt as their system turn.
+
+    Differentiable in ``soft_prompt``. Right padding (training: read the state at ``length - 1``, as DRO's code
+    does) or left padding (generation: ``generate`` numbers positions from the mask).
+    """
+    import torch
+
+    n = soft_prompt.shape[0]
+    rendered = [placeholder_ids(tokenizer, prompt, n) for prompt in prompts]
+    width = max(len(ids) for ids, _ in rendered)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask, starts = [], [], []
+    for row, start in rendered:
+        fill = width - len(row)
+        left = fill if padding_side == "left" else 0
+        ids.append([pad] * left + row + [pad] * (fill - left))
+        mask.append([0] * left + [1] * len(row) + [0] * (fill - left))
+        starts.append(left + start)
+    device = model.get_input_embeddings().weight.device
+    ids = torch.tensor(ids, device=device)
+    embeds = model.get_input_embeddings()(ids)
+    # One boolean mask for every row's soft-prompt positions keeps the replacement differentiable and batched.
+    where = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+    for row, start in enumerate(starts):
+        where[row, start:start + n] = True
+    prompt = soft_prompt.to(device=device, dtype=embeds.dtype)
+    embeds = embeds.masked_scatter(where.unsqueeze(-1), prompt.repeat(len(prompts), 1))
+    lengths = [len(row) for row, _ in rendered]
+    return embeds, torch.tensor(mask, device=device), lengths
+
+
+def soft_prompt_states(model, tokenizer, prompts: Sequence[str], soft_prompt):
+    """Final-layer states (after the last norm) at each prompt's last position, with the soft prompt inserted."""
+    import torch
+
+    embeds, mask, lengths = soft_prompt_batch(model, tokenizer, prompts, soft_prompt, padding_side="right")
+    # The decoder alone: its last_hidden_state is hidden_states[-1], and the LM head over every position (a
+    # 49k-wide matmul) would cost more than the rest of a 135M model's backward pass.
+    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    return hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
+
+
+class SoftPromptBackend(TransformersBackend):
+    """`TransformersBackend` that generates with a soft prompt as every prompt's system turn (batched, left padded).
+
+    Args:
+        model, tokenizer, batch_size: As `TransformersBackend` (the base model the prompt was trained for).
+        soft_prompt: ``(n_tokens, hidden_size)`` embeddings.
+    """
+
+    name = "transformers+soft_prompt"
+
+    def __init__(self, model, tokenizer, soft_prompt, batch_size: int = 16) -> None:
+        super().__init__(model, tokenizer, batch_size)
+        self.soft_prompt = soft_prompt
+        self._prompt_of: dict[str, str] = {}
+
+    def render(self, prompt: str, sampling: Sampling) -> str:
+        if sampling.system_prompt:
+            raise ValueError("a soft-prompt model takes no system_prompt: the soft prompt is its system turn")
+        ids, _ = placeholder_ids(self.tokenizer, prompt, self.soft_prompt.shape[0])
+        text = self.tokenizer.decode(ids)
+        self._prompt_of[text] = prompt
+        return text
+
+    def _generate_batch(self, texts: list[str], sampling: Sampling, seeds: list[int]) -> list[tuple[str, int, str]]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        prompts = [self._prompt_of[text] for text in texts]
+        options = {}
+        if sampling.temperature > 0:
+            options["logits_processor"] = LogitsProcessorList([RowSampler(seeds, sampling.temperature, sampling.top_p)])
+        with torch.inference_mode():
+            embeds, mask, _ = soft_prompt_batch(self.model, self.tokenizer, prompts, self.soft_prompt, "left")
+            # With inputs_embeds alone, generate returns only the new tokens.
+            output = self.model.generate(inputs_embeds=embeds, attention_mask=mask,
+                                         max_new_tokens=self._budget(embeds.shape[1], sampling),
+                                         pad_token_id=self.tokenizer.pad_token_id, do_sample=False, top_k=None,
+                                         top_p=None, temperature=None, **options)
+        return self._decode_new(output.tolist())
+
+
+def soft_prompt_backend(folder: str | Path, device: str = "auto", batch_size: int = 16) -> SoftPromptBackend:
+    """Load a soft-prompt folder's base model and a backend that generates with the prompt.
+
+    Raises:
+        ValueError: The folder holds no soft prompt, or its base model's content changed since training.
+    """
+    from porover.models import load_model, model_digest
+
+    found = read_soft_prompt(folder)
+    if found is None:
+        raise ValueError(f"{folder}: no {SPEC_FILE}: not a soft-prompt folder")
+    spec, weights = found
+    if model_digest(spec.base) != spec.base_digest:
+        raise ValueError(f"{folder}: its base model {spec.base} changed since the soft prompt was trained; re-run DRO")
+    model, tokenizer = load_model(spec.base, device=device)
+    return SoftPromptBackend(model, tokenizer, weights, batch_size)
