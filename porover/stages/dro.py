@@ -37,8 +37,8 @@ class DROParams(StageParams):
     harmful: str = param("dro_harmful", "harmful training queries (dataset or file); line i pairs with harmless i")
     harmless: str = param("dro_harmless", "harmless training queries (dataset or file)")
     n_pairs: int | None = param(10, "first this many queries of each set (null = all; the authors: 100)", ge=2)
-    conditions: list[str] = param(list(SYSTEM_PROMPTS), "human prompt conditions the estimation pools",
-                                  choices=list(SYSTEM_PROMPTS))
+    conditions: list[str] = param(list(SYSTEM_PROMPTS), "human prompt conditions the estimation pools: none, "
+                                  "default, short, guardrail")
     init_prompt: str = param("short", "human safety prompt the soft prompt starts from (the authors: default)",
                              choices=[name for name in SYSTEM_PROMPTS if name != "none"])
     n_samples: int = param(2, "sampled responses per query and condition for compliance scores (the authors: 25)",
@@ -68,6 +68,8 @@ class DROParams(StageParams):
         errors = model_errors(self.model, f"{where}.model")
         errors += prompt_set_errors({self.harmful: None}, f"{where}.harmful")
         errors += prompt_set_errors({self.harmless: None}, f"{where}.harmless")
+        errors += [f"{where}.conditions: unknown condition {name!r}; known: {', '.join(SYSTEM_PROMPTS)}"
+                   for name in self.conditions if name not in SYSTEM_PROMPTS]
         if len(set(self.conditions)) < 2:
             errors.append(f"{where}.conditions: give at least two distinct prompt conditions, e.g. [none, default]")
         if not self.judges:
