@@ -49,6 +49,7 @@ class DROParams(StageParams):
     temperature: float = param(1.0, "sampling temperature of the compliance samples", gt=0)
     top_p: float = param(0.9, "nucleus mass of the compliance samples", gt=0, le=1)
     judges: list[str] = param([DEFAULT_JUDGE], "refusal judges; the first gives the compliance scores")
+    judge_settings: dict[str, dict] = param({}, "per-judge settings, keyed by judge name")
     pca_dim: int = param(4, "PCA dimensions the logistic models read", ge=2)
     n_splits: int = param(10, "folds of the logistic models, whose weights are averaged", ge=1)
     logistic_lr: float = param(1e-4, "full-batch AdamW rate of the logistic models", gt=0)
@@ -74,7 +75,11 @@ class DROParams(StageParams):
             errors.append(f"{where}.conditions: give at least two distinct prompt conditions, e.g. [none, default]")
         if not self.judges:
             errors.append(f"{where}.judges: give at least one judge")
-        errors += [error for name in self.judges for error in judge_errors(name, {}, f"{where}.judges")]
+        errors += [error for name in self.judges for error in judge_errors(
+            name, self.judge_settings.get(name, {}), f"{where}.judge_settings.{name}" if name in self.judge_settings
+            else f"{where}.judges")]
+        errors += [f"{where}.judge_settings.{name}: not one of this stage's judges {self.judges}"
+                   for name in self.judge_settings if name not in self.judges]
         if self.keep_longest is not None and self.keep_longest > self.n_samples:
             errors.append(f"{where}.keep_longest: {self.keep_longest} is more than n_samples ({self.n_samples})")
         return errors
@@ -143,8 +148,8 @@ def compliance(params: DROParams, backend, teacher: str, rows: list[dict], syste
     kept = [sorted(by_query[(r["source"], r["id"])], key=lambda s: -len(s["response"].split()))[:params.keep_longest]
             for r in rows]
     flat = [s for group in kept for s in group]
-    verdicts = {name: judge_refusals([s["prompt"] for s in flat], [s["response"] for s in flat], judge=name)
-                for name in params.judges}
+    verdicts = {name: judge_refusals([s["prompt"] for s in flat], [s["response"] for s in flat], judge=name,
+                                     **params.judge_settings.get(name, {})) for name in params.judges}
     out, at = [], 0
     for row, group in zip(rows, kept):
         rates = {name: float(np.mean([is_refusal(v.label) is False for v in verdicts[name][at:at + len(group)]]))
