@@ -18,8 +18,8 @@ COLOURS = {"none": "#1f77b4", "default": "#d62728", "short": "#2ca02c", "guardra
 def _hover(points: Sequence[dict]) -> list[str]:
     """Prompt and example response as escaped text: both are untrusted."""
     return [f"{html.escape(p['condition'])} · {'harmless' if p['harmless'] else 'harmful'} · compliance "
-            f"{p['compliance']:.2f}<br>{html.escape(p['prompt'][:160])}<br><i>{html.escape(p['example_response'][:160])}</i>"
-            for p in points]
+            f"{p['compliance']:.2f}<br>{html.escape(p['prompt'][:160])}<br>"
+            f"<i>{html.escape(p['example_response'][:160])}</i>" for p in points]
 
 
 def _boundary(figure: go.Figure, points: Sequence[dict], weight: Sequence[float], bias: float, name: str,

@@ -59,7 +59,8 @@ def read_soft_prompt(model: str | Path) -> tuple[SoftPromptSpec, object] | None:
         return None
     from safetensors.torch import load_file
 
-    return SoftPromptSpec(**json.loads((path / SPEC_FILE).read_text())), load_file(str(path / WEIGHTS_FILE))["soft_prompt"]
+    weights = load_file(str(path / WEIGHTS_FILE))["soft_prompt"]
+    return SoftPromptSpec(**json.loads((path / SPEC_FILE).read_text())), weights
 
 
 def placeholder_ids(tokenizer, prompt: str, n_tokens: int) -> tuple[list[int], int]:

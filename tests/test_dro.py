@@ -203,3 +203,45 @@ def test_evaluate_generates_with_the_saved_soft_prompt(dro_runs, tiny_model, tmp
     run.write_text("run_name: t\nstages:\n  dro:\n    type: dro\n    n_pairs: 2\n"
                    "  evaluate_dro:\n    type: evaluate\n    model: stage:dro\n")
     assert load_run_params(run).stages["evaluate_dro"].inputs["model"] == "stage:dro"
+
+
+@pytest.mark.slow
+def test_papermill_run_of_the_dro_notebook_and_its_evaluation(tmp_path):
+    import json
+
+    from porover.runner import run_pipeline
+
+    params = tmp_path / "dro.yaml"
+    params.write_text("run_name: d\ndevice: cpu\nstages:\n  dro:\n    type: dro\n    n_pairs: 2\n"
+                      "    conditions: [none, short, default, guardrail]\n    n_samples: 1\n    max_new_tokens: 4\n"
+                      "    judges: [xstest_string_match]\n    n_splits: 2\n    logistic_max_epochs: 50\n"
+                      "    train_batch_size: 4\n    num_epochs: 1\n  evaluate_dro:\n    type: evaluate\n"
+                      "    model: stage:dro\n    benchmarks: {xstest: 2}\n    judges: [xstest_string_match]\n"
+                      "    max_new_tokens: 4\n    bootstrap_samples: 0\n")
+    manifest = run_pipeline(str(params), outputs=str(tmp_path))
+    for name in ("dro", "evaluate_dro"):
+        assert manifest["stages"][name]["status"] == "finished", manifest["stages"][name].get("error")
+    executed = json.loads((tmp_path / "d" / "dro.ipynb").read_text())
+    figures = [o for c in executed["cells"] for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in
+               o.get("data", {})]
+    assert len(figures) == 5  # two boundaries before and after, and the training losses
+    rows = [json.loads(line) for line in (tmp_path / "d" / "evaluate_dro" / "responses.jsonl").open()]
+    assert len(rows) == 2 and {row["backend"] for row in rows} == {"transformers+soft_prompt"}
+
+
+def test_boundary_figures_escape_prompts_and_responses():
+    from porover.dro_plots import boundary_figure
+
+    payload = '<img src=x onerror="alert(1)">'
+    points = [{"condition": c, "harmless": h, "z": [float(i), float(h) - i], "compliance": 0.5, "prompt": payload,
+               "example_response": f"<script>{c}</script>"} for i, (c, h) in enumerate(
+                   [("none", 0), ("none", 1), ("dro", 0), ("dro", 1)])]
+    summary = {"harmfulness_model": {"weight": [1.0, 0.5], "bias": 0.1},
+               "refusal_model": {"weight": [0.2, -1.0], "bias": 0.0}}
+    for kind in ("harmfulness", "refusal"):
+        figure = boundary_figure(points, summary, kind, ["none", "dro"])
+        hover = " ".join(text for trace in figure.data if trace.text is not None for text in trace.text)
+        assert "&lt;img" in hover and "&lt;script&gt;" in hover and "<img" not in hover and "<script" not in hover
+        assert len([trace for trace in figure.data if trace.mode == "markers"]) == 4
+    with pytest.raises(ValueError, match="kind"):
+        boundary_figure(points, summary, "other", ["none"])
