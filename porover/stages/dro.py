@@ -23,14 +23,14 @@ from porover.models import model_digest, model_errors
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import is_refusal
 
-NOTEBOOK = "10_dro.ipynb"
+NOTEBOOK = "11_dro.ipynb"
 OUTPUTS = ("model", "dro.json", "points.jsonl")  # the first is what ``stage:NAME`` stands for
 SOFT = "dro"  # condition name of the learned soft prompt
 
 
 @dataclass
 class DROParams(StageParams):
-    """Parameters of ``notebooks/10_dro.ipynb``: DRO's estimation and soft safety prompt (Zheng et al. 2024)."""
+    """Parameters of ``notebooks/11_dro.ipynb``: DRO's estimation and soft safety prompt (Zheng et al. 2024)."""
 
     model: str = param("smollm2-135m-instruct", "model to safeguard (frozen): embedded name, hub id or folder",
                        input=True)
