@@ -1,0 +1,82 @@
+"""Hidden states at the last prompt position: what representation analyses (MOSR, DRO) read off a model.
+
+Prompts are rendered through the chat template with the generation prompt (the model's state just before it
+answers), batched with LEFT padding so position -1 is every row's real last token, and given position ids
+counted from each row's first real token, so a padded row's states equal its un-padded forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def render_prompts(tokenizer, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
+    """Chat-templated prompts ending with the assistant's generation prompt.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        prompts: User messages.
+        system_prompt: None renders no system message, so a template that inserts a default one (SmolLM2's
+            "You are a helpful AI assistant named SmolLM...") does, exactly as the evaluation stage's generation
+            with ``system_prompt: ''`` sees it; a string, ``""`` included, is rendered as an explicit system
+            message (``""`` = an explicitly empty one, the only way to have *no* system text with SmolLM2).
+
+    Returns:
+        The rendered texts, one per prompt.
+    """
+    head = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    return [tokenizer.apply_chat_template(head + [{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=False) for prompt in prompts]
+
+
+def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_size: int = 16,
+                      max_length: int | None = None) -> dict[int, np.ndarray]:
+    """Hidden states of ``layers`` at the last token of each already-rendered text.
+
+    Args:
+        model: A causal LM (a PEFT model works too), in eval mode.
+        tokenizer: Its tokenizer; padding is set to the left for the call and restored after.
+        texts: Rendered prompts (`render_prompts`); no special tokens are added.
+        layers: Indices into transformers' ``hidden_states`` tuple: 0 = the embeddings, ``i`` = the output of
+            block ``i`` (1-based), ``num_hidden_layers`` (or -1) = the last block after the final norm.
+        batch_size: Texts per forward pass.
+        max_length: Keep at most this many tokens, cut from the left so the last prompt token stays (None = all).
+
+    Returns:
+        Layer (as given) -> float32 array of shape ``(len(texts), hidden_size)``.
+
+    Raises:
+        ValueError: A layer outside ``[-(L+1), L]`` for a model of L blocks.
+    """
+    import torch
+
+    count = model.config.num_hidden_layers
+    bad = [layer for layer in layers if not -(count + 1) <= layer <= count]
+    if bad:
+        raise ValueError(f"layers {bad}: expected indices in [-{count + 1}, {count}] (0 = embeddings, "
+                         f"{count} = the last block after the final norm)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    side, truncation = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                              add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
+            mask = batch["attention_mask"].to(device)
+            # A plain forward numbers positions 0..n-1 whatever the mask; left-padded rows need theirs to start at
+            # their first real token, as generate() does.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                result = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions,
+                               output_hidden_states=True, use_cache=False)
+            for layer in layers:
+                out[layer].append(result.hidden_states[layer][:, -1, :].float().cpu().numpy())
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = side, truncation
+    size = model.config.hidden_size
+    return {layer: np.concatenate(parts) if parts else np.zeros((0, size), np.float32) for layer, parts in out.items()}
