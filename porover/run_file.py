@@ -30,6 +30,7 @@ STAGE_TYPES = {
     "analysis": "porover.stages.analysis",
     "evolve": "porover.stages.evolve",
     "refusal_tokens": "porover.stages.refusal_tokens",
+    "represent": "porover.stages.represent",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
 
