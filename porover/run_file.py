@@ -31,6 +31,7 @@ STAGE_TYPES = {
     "evolve": "porover.stages.evolve",
     "refusal_tokens": "porover.stages.refusal_tokens",
     "represent": "porover.stages.represent",
+    "mosr": "porover.stages.mosr",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
 
