@@ -100,3 +100,13 @@ def test_a_real_tiny_mosr_run_trains_saves_and_resumes(tmp_path):
     bad, errors = MOSRParams.validate({**values, "lora": False, "num_processes": 2, "benign": {}}, "test")
     assert any("lora: expected true" in e for e in errors) and any("num_processes" in e for e in errors)
     assert any("benign: give at least one" in e for e in errors)
+
+
+def test_excluded_prompts_never_enter_training(tmp_path):
+    from porover.stages.mosr import MOSRParams, build_data
+
+    params, errors = MOSRParams.validate({"malicious": {"advbench": 4}, "exclude": {"advbench": None},
+                                          "run_dir": str(tmp_path)}, "test")
+    assert errors == []
+    with pytest.raises(ValueError, match=r"no prompts left in \['malicious'\]"):
+        build_data(params)

@@ -8,6 +8,8 @@ training rows with each malicious prompt's similarity and erasure weight.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,6 +40,9 @@ class MOSRParams(TrainingParams):
                                                     "weights compare malicious prompts with these)", input=True)
     malicious: dict[str, int | None] = param({"advbench": 32}, "malicious sets -> prompts (erase and refusal rows)",
                                              input=True)
+    exclude: dict[str, int | None] = param({}, "prompt sets held out: their prompts (normalised text) never enter "
+                                           "training (give the evaluation sets when a training set may hold them)",
+                                           input=True)
     target_layers: list[int] = param(list(range(20, 30)), "blocks (0-based) given LoRA adapters and erased on: "
                                      "mid-to-late, as RepBend's 20-30 of 32")
     keep_all_layers: bool = param(True, "keep term over every layer (RepBend's alpha_mode=all); false: target only")
@@ -81,6 +86,7 @@ class MOSRParams(TrainingParams):
 
     def problems(self, where: str) -> list[str]:
         errors = super().problems(where)
+        errors += prompt_set_errors(self.exclude, f"{where}.exclude")
         for key in ("benign", "pseudo_malicious", "malicious"):
             errors += prompt_set_errors(getattr(self, key), f"{where}.{key}") if getattr(self, key) else \
                 [f"{where}.{key}: give at least one prompt set"]
@@ -98,6 +104,11 @@ class MOSRParams(TrainingParams):
         return errors
 
 
+def _normalise(text: str) -> str:
+    """Prompt text for the hold-out check: Unicode-normalised, lower-cased, punctuation and spacing collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", " ", unicodedata.normalize("NFKC", text).lower()).split())
+
+
 def build_data(params: MOSRParams) -> list[dict]:
     """Load the prompt sets, weigh each malicious prompt by its overlap with the pseudo-malicious ones (frozen
     model's states) and write ``mosr_data.jsonl``."""
@@ -105,8 +116,13 @@ def build_data(params: MOSRParams) -> list[dict]:
     from porover.models import load_model
     from porover.mosr import overlap_weights, training_rows
 
-    sets = {key: [r for name, n in getattr(params, key).items() for r in load_rows(name, n=n, seed=params.seed)]
+    held_out = {_normalise(r["prompt"]) for name, n in params.exclude.items() for r in load_rows(name, n=n, seed=params.seed)}
+    sets = {key: [r for name, n in getattr(params, key).items() for r in load_rows(name, n=n, seed=params.seed)
+                  if _normalise(r["prompt"]) not in held_out]
             for key in ("benign", "pseudo_malicious", "malicious")}
+    if not all(sets.values()):
+        raise ValueError(f"{params.stage_name}: no prompts left in {[k for k, v in sets.items() if not v]} after "
+                         "removing the `exclude` sets' prompts")
     model, tokenizer = load_model(params.model, device=params.device)
     texts = {key: render_prompts(tokenizer, [r["prompt"] for r in rows], params.system_prompt or None)
              for key, rows in sets.items()}
