@@ -63,9 +63,11 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     device = next(model.parameters()).device
+    # Batches of similar lengths waste little compute on padding; rows go back to their order at the end.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+            batch = tokenizer([texts[i] for i in order[start:start + batch_size]], return_tensors="pt", padding=True,
                               add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
             mask = batch["attention_mask"].to(device)
             # A plain forward numbers positions 0..n-1 whatever the mask; left-padded rows need theirs to start at
@@ -78,5 +80,6 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
                 out[layer].append(result.hidden_states[layer][:, -1, :].float().cpu().numpy())
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = side, truncation
-    size = model.config.hidden_size
-    return {layer: np.concatenate(parts) if parts else np.zeros((0, size), np.float32) for layer, parts in out.items()}
+    size, back = model.config.hidden_size, np.argsort(order)
+    return {layer: np.concatenate(parts)[back] if parts else np.zeros((0, size), np.float32)
+            for layer, parts in out.items()}

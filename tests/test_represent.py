@@ -107,3 +107,40 @@ def test_represent_stage_on_the_tiny_model_resumes_per_model(tmp_path, monkeypat
     for figure in (represent.scatter_figure(points, -1, color="verdict"), represent.position_figure(points, -1)):
         hover = " ".join(text for trace in figure.data for text in trace.hovertext)
         assert "<script>" not in hover and "&lt;script&gt;" in hover
+
+
+def _run(tmp_path, extra: str):
+    from porover.runner import run_pipeline
+
+    run_file = tmp_path / "rep.yaml"
+    run_file.write_text("run_name: rep\ndevice: cpu\nstages:\n  base:\n    type: evaluate\n"
+                        "    benchmarks: {xstest: 6}\n    judges: [phrase_lr]\n    max_new_tokens: 8\n"
+                        "    bootstrap_samples: 20\n" + extra)
+    manifest = run_pipeline(str(run_file), outputs=str(tmp_path))
+    assert all(s["status"] == "finished" for s in manifest["stages"].values()), manifest["stages"]
+    return tmp_path / "rep"
+
+
+def test_represent_notebook_runs_in_a_run_file(tmp_path):
+    run_dir = _run(tmp_path, "  represent:\n    type: represent\n    evaluations: {stage:base: base}\n"
+                             "    benign: {alpaca: 6}\n    layers: [30]\n    bootstrap_samples: 20\n")
+    summary = json.loads((run_dir / "represent" / "summary.json").read_text())
+    assert summary["base"]["layers"]["30"]["n"] == {"benign": 6, "pseudo_malicious": 3, "malicious": 3}
+    assert (run_dir / "represent.ipynb").is_file()
+
+
+@pytest.mark.slow
+def test_mosr_arm_trains_evaluates_and_is_analysed(tmp_path):
+    run_dir = _run(tmp_path, "  mosr:\n    type: mosr\n    benign: {alpaca: 4}\n    pseudo_malicious: {oktest:train: 4}\n"
+                             "    malicious: {advbench: 4}\n    max_steps: 2\n    max_length: 64\n"
+                             "  evaluate_mosr:\n    type: evaluate\n    model: stage:mosr\n    benchmarks: {xstest: 6}\n"
+                             "    judges: [phrase_lr]\n    max_new_tokens: 8\n    bootstrap_samples: 20\n"
+                             "  represent:\n    type: represent\n    evaluations: {stage:base: base, stage:evaluate_mosr: mosr}\n"
+                             "    benign: {alpaca: 6}\n    layers: [30]\n    bootstrap_samples: 20\n"
+                             "  analysis:\n    type: analysis\n")
+    summary = json.loads((run_dir / "represent" / "summary.json").read_text())
+    assert list(summary) == ["base", "mosr"] and summary["mosr"]["model"].endswith("mosr/model")
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "analysis" / "stage_metrics.csv")
+    assert "evaluate_mosr" in set(table["stage"])

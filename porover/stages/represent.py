@@ -107,7 +107,9 @@ def analyse_layer(x: np.ndarray, rows: list[dict], params: RepresentParams) -> t
 
     Returns:
         ``(summary, scores)``: probe accuracies, where each group sits, the over-refused vs answered
-        comparisons; and per-row ``harm_logit``, ``harm_position``, ``refusal_logit``, ``refusal_projection``,
+        comparisons (on held-out scores only: a score fitted on a prompt's own verdict would separate them by
+        construction); and per-row ``harm_logit``, ``harm_position``, ``refusal_logit`` (held out),
+        ``refusal_projection`` (on the refused−answered direction of all judged prompts: in-sample, descriptive),
         ``pc1``, ``pc2``.
     """
     kind = np.array([row["class"] for row in rows])
@@ -145,7 +147,7 @@ def analyse_layer(x: np.ndarray, rows: list[dict], params: RepresentParams) -> t
                                   ("malicious", malicious))}
     summary["mosr"] = {score: compare_groups(scores[score][over], scores[score][answered], params.bootstrap_samples,
                                              params.seed)
-                       for score in ("harm_position", "harm_logit", "refusal_projection")}
+                       for score in ("harm_position", "harm_logit", "refusal_logit")}
     return summary, scores
 
 
@@ -194,6 +196,7 @@ def findings_table(summary: dict) -> "pd.DataFrame":  # noqa: F821
             interval = test["interval"] or [None, None]
             records.append({"model": label, "layer": int(layer), "harm probe acc": found["harm_probe_accuracy"],
                             "refusal probe acc": found["refusal_probe_accuracy"],
+                            "cos(refusal, harm)": found.get("refusal_vs_harm_cosine"),
                             **{f"pos {name}": value for name, value in found["position_means"].items()},
                             "n over-refused": test["n_a"], "n answered": test["n_b"],
                             "Δ pos (over-refused − answered)": test["difference"], "95% low": interval[0],
