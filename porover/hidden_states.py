@@ -12,25 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def render_prompts(tokenizer, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
-    """Chat-templated prompts ending with the assistant's generation prompt.
-
-    Args:
-        tokenizer: A tokenizer with a chat template.
-        prompts: User messages.
-        system_prompt: None renders no system message, so a template that inserts a default one (SmolLM2's
-            "You are a helpful AI assistant named SmolLM...") does, exactly as the evaluation stage's generation
-            with ``system_prompt: ''`` sees it; a string, ``""`` included, is rendered as an explicit system
-            message (``""`` = an explicitly empty one, the only way to have *no* system text with SmolLM2).
-
-    Returns:
-        The rendered texts, one per prompt.
-    """
-    head = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    return [tokenizer.apply_chat_template(head + [{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          tokenize=False) for prompt in prompts]
-
-
 def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_size: int = 16,
                       max_length: int | None = None) -> dict[int, np.ndarray]:
     """Hidden states of ``layers`` at the last token of each already-rendered text.
@@ -38,7 +19,9 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
     Args:
         model: A causal LM (a PEFT model works too), in eval mode.
         tokenizer: Its tokenizer; padding is set to the left for the call and restored after.
-        texts: Rendered prompts (`render_prompts`); no special tokens are added.
+        texts: Rendered prompts (`porover.generation.sampling.render_prompts`, as generation renders them: with
+            ``system_prompt`` None, SmolLM2's template inserts its default system message); no special tokens
+            are added.
         layers: Indices into transformers' ``hidden_states`` tuple: 0 = the embeddings, ``i`` = the output of
             block ``i`` (1-based), ``num_hidden_layers`` (or -1) = the last block after the final norm.
         batch_size: Texts per forward pass.

@@ -40,7 +40,7 @@ def test_rows_carry_prefixes_weights_and_trained_tokens(tiny_model):
     assert rows[1]["context"].startswith("Sure, here is") and rows[1]["weight"] == 0.2
     assert rows[3]["context"].startswith(rows[1]["context"]) and rows[3]["target"] == "No."
     assert rows[4]["context"] == "Sure, here is"  # no AdvBench goal: the fallback prefix
-    from porover.hidden_states import render_prompts
+    from porover.generation.sampling import render_prompts
 
     text, = render_prompts(tokenizer, [goal])
     encoded = mosr.tokenize_row(tokenizer, text, rows[3], max_length=128, retain_positions=4)

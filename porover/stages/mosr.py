@@ -112,7 +112,8 @@ def _normalise(text: str) -> str:
 def build_data(params: MOSRParams) -> list[dict]:
     """Load the prompt sets, weigh each malicious prompt by its overlap with the pseudo-malicious ones (frozen
     model's states) and write ``mosr_data.jsonl``."""
-    from porover.hidden_states import last_token_states, render_prompts
+    from porover.generation.sampling import render_prompts
+    from porover.hidden_states import last_token_states
     from porover.models import load_model
     from porover.mosr import overlap_weights, training_rows
 
@@ -218,7 +219,7 @@ def run_mosr(params: MOSRParams, callbacks: list | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
 
-    from porover.hidden_states import render_prompts
+    from porover.generation.sampling import render_prompts
     from porover.models import device_settings, resolve_model
 
     path = resolve_model(params.model)

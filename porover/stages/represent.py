@@ -89,7 +89,8 @@ def model_states(params: RepresentParams, model: str, prompts: list[str]) -> dic
     if path.is_file():
         with np.load(path) as stored:
             return {layer: stored[f"layer_{layer}"] for layer in params.layers}
-    from porover.hidden_states import last_token_states, render_prompts
+    from porover.generation.sampling import render_prompts
+    from porover.hidden_states import last_token_states
     from porover.models import load_model
 
     loaded, tokenizer = load_model(model, device=params.device)
