@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from porover.representations import boundary_position, compare_groups, cross_fitted_logits, fit_probe, pca
 from porover.store import write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pca_components_are_orthonormal_and_ordered():
@@ -121,12 +124,19 @@ def _run(tmp_path, extra: str):
     return tmp_path / "rep"
 
 
-def test_represent_notebook_runs_in_a_run_file(tmp_path):
-    run_dir = _run(tmp_path, "  represent:\n    type: represent\n    evaluations: {stage:base: base}\n"
-                             "    benign: {alpaca: 6}\n    layers: [30]\n    bootstrap_samples: 20\n")
-    summary = json.loads((run_dir / "represent" / "summary.json").read_text())
-    assert summary["base"]["layers"]["30"]["n"] == {"benign": 6, "pseudo_malicious": 3, "malicious": 3}
-    assert (run_dir / "represent.ipynb").is_file()
+def test_represent_notebook_runs_under_papermill(tmp_path):
+    import papermill
+
+    from porover.stages.represent import NOTEBOOK
+
+    responses = fake_evaluation(tmp_path / "run" / "evaluate_base")
+    papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOK), str(tmp_path / "represent.ipynb"), cwd=str(ROOT),
+                               kernel_name="python3", progress_bar=False,
+                               parameters={"evaluations": {str(responses): "base"}, "benign": {"alpaca": 6},
+                                           "layers": [30], "folds": 3, "bootstrap_samples": 20, "device": "cpu",
+                                           "run_dir": str(tmp_path / "run")})
+    summary = json.loads((tmp_path / "run" / "represent" / "summary.json").read_text())
+    assert summary["base"]["layers"]["30"]["n"] == {"benign": 6, "pseudo_malicious": 12, "malicious": 12}
 
 
 @pytest.mark.slow
