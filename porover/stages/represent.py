@@ -168,7 +168,11 @@ def run_represent(params: RepresentParams) -> tuple[dict, list[dict]]:
     points: list[dict] = []
     for source, label in params.evaluations.items():
         label = label or Path(source).parent.name
-        model = json.loads(Path(source).with_name("metrics.json").read_text())["model"]
+        metrics = Path(source).with_name("metrics.json")
+        if not (Path(source).is_file() and metrics.is_file()):
+            raise FileNotFoundError(f"{params.stage_name}.evaluations.{source}: no evaluation there (responses.jsonl "
+                                    "and metrics.json); name an evaluate stage, e.g. stage:evaluate_base")
+        model = json.loads(metrics.read_text())["model"]
         rows = prompt_table(params, source)
         states = model_states(params, model, [row["prompt"] for row in rows])
         summary[label] = {"model": model, "evaluation": str(source), "layers": {}}
