@@ -259,6 +259,7 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     manifest = read_manifest(run_dir)
     manifest.update({"run_dir": str(run_dir), "params_file": str(params_path), "params": {s: st.params for s, st in run.stages.items()},
                      "types": {s: st.type.name for s, st in run.stages.items()},
+                     "sweep": [{"label": v.label, "values": v.values, "stages": v.stages} for v in run.variants],
                      "packages": package_versions(), "git_commit": git_commit(), "python": platform.python_version(),
                      "platform": platform.platform()})
     shutil.copyfile(params_path, run_dir / "params.yaml")
