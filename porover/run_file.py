@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from porover.config import STAGE_REF, looks_like_path, referenced_stage, secret_errors
+from porover.splits import split_errors
 from porover.sweeps import Variant, expand_run_file
 
 # stage type -> module that owns its parameters (`<Name>Params`), NOTEBOOK and OUTPUTS
@@ -188,6 +189,8 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
             if kind.name == "analysis":
                 inputs.update({f"stages.{stage}": f"{STAGE_REF}{stage}" for stage in params.stages})
             stages[name] = Stage(name, kind, flat, inputs)
+    if not errors:  # training, validation and test prompts never meet
+        errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path))
     if errors:
         raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
     return RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
