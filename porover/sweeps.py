@@ -47,6 +47,12 @@ class Variant:
     stages: dict[str, str] = field(default_factory=dict)
 
 
+def file_stage(name: str) -> str:
+    """The run file's stage a (copy's) name stands for: ``dpo`` for ``dpo[beta=0.5]``. Copies keep their
+    content-keyed stores (samples, completions) in that stage's folder, so variants sample nothing twice."""
+    return name.split("[", 1)[0]
+
+
 def _format(value: object) -> str:
     if isinstance(value, (dict, list)):
         import json
@@ -120,7 +126,7 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 
 def expand(stages: dict, specs: list[dict]) -> tuple[dict, list[Variant]]:
-    """Expand raw stages into one mapping holding every variant's stage copies, in file order.
+    """Expand raw stages into one mapping holding every variant's stage copies, in run order.
 
     Args:
         stages: The raw ``stages`` mapping (name -> body with ``type``).
@@ -159,13 +165,26 @@ def expand(stages: dict, specs: list[dict]) -> tuple[dict, list[Variant]]:
                 copies = lambda s: list(dict.fromkeys(v.stages.get(s, s) for v in variants))  # noqa: E731
                 listed = [c for s in body[key] for c in copies(s)]
                 body[key] = listed if key != "compare" else [copies(s)[0] for s in body[key]]
-    return _in_file_order(expanded, order), variants
+    return _in_run_order(expanded, order, variants), variants
 
 
-def _in_file_order(expanded: dict, order: list[str]) -> dict:
-    """Copies of a stage right where the stage was, so every stage still comes after what it reads."""
-    base = lambda name: name.split("[", 1)[0]  # noqa: E731
-    return {name: expanded[name] for stage in order for name in expanded if base(name) == stage}
+def _in_run_order(expanded: dict, order: list[str], variants: list[Variant]) -> dict:
+    """Stages in run order: a stage no variant reaches where the file has it; a stretch of stages variants
+    reach, variant by variant, so a sweep stopped half way has whole variants finished (each stage still
+    comes after everything it reads: its upstream copies come earlier in the same variant, or earlier)."""
+    ordered: dict[str, dict] = {}
+    reached = lambda stage: any(v.stages[stage] != stage for v in variants)  # noqa: E731
+    i = 0
+    while i < len(order):
+        j = i + 1
+        if reached(order[i]):
+            while j < len(order) and reached(order[j]):
+                j += 1
+        for variant in variants:
+            for stage in order[i:j]:
+                ordered.setdefault(variant.stages[stage], expanded[variant.stages[stage]])
+        i = j
+    return ordered
 
 
 def expand_run_file(raw: dict, path: str) -> tuple[dict, list[Variant], list[str]]:

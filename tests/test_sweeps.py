@@ -35,8 +35,12 @@ def test_a_grid_expands_into_variant_named_stages_that_share_what_no_variant_rea
                                                                      "preference_data.containment_threshold": [0.25, 0.5]}}))
     names = list(run.stages)
     assert names[:2] == ["overgenerate", "sft"]  # shared: no variant reaches them
-    assert names[2:4] == ["preference_data[containment_threshold=0.25]", "preference_data[containment_threshold=0.5]"]
-    assert len([n for n in names if n.startswith("dpo[")]) == 4 and names[-1] == "analysis"
+    # variant by variant, so a sweep stopped half way has whole variants; each copy after what it reads
+    assert names[2:5] == ["preference_data[containment_threshold=0.25]", "dpo[beta=0.05,containment_threshold=0.25]",
+                          "evaluate_dpo[beta=0.05,containment_threshold=0.25]"]
+    assert names[5] == "preference_data[containment_threshold=0.5]" and names[8] == "dpo[beta=0.5,containment_threshold=0.25]"
+    assert len([n for n in names if n.startswith("dpo[")]) == 4 and len(names) == 2 + 2 + 4 + 4 + 1
+    assert names[-1] == "analysis"
     dpo = run.stages["dpo[beta=0.5,containment_threshold=0.25]"]
     assert dpo.params["beta"] == 0.5 and dpo.params["stage_name"] == "dpo[beta=0.5,containment_threshold=0.25]"
     assert dpo.inputs == {"model": "stage:sft", "pairs": "stage:preference_data[containment_threshold=0.25]"}

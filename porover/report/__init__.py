@@ -51,6 +51,21 @@ def _stage_pages(run_dir: Path, label: str, folder: Path, code: bool) -> list[di
     return records
 
 
+def _sweep_section(run_dir: Path, label: str) -> str:
+    """Every variant of the run's sweep in one table and on one frontier, each number with its split."""
+    from porover.variants import frontier_figure, variant_table
+
+    table = variant_table(run_dir)
+    if table.empty:
+        return ""
+    shown = table.drop(columns=[c for c in table if c.endswith(("_low", "_high"))]).round(1)
+    return (f"<h3>Sweep: {len(set(table['variant']))} variants</h3><p class='muted'>Overall safety, usefulness and F1 "
+            "(%) of every evaluation a variant changes; <b>split</b> says which prompts each number comes from: "
+            "choose on <i>validation</i>, report <i>test</i>.</p>" + shown.to_html(classes="headline", index=False,
+                                                                                  na_rep="–")
+            + figure_html(frontier_figure(table).update_layout(title=f"Sweep frontier: {label}")))
+
+
 def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) -> tuple[str, pd.DataFrame | None]:
     from porover.stages import analysis
 
@@ -67,6 +82,7 @@ def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) ->
         parts.append(headline_table(run_dir).to_html(classes="headline", na_rep="–"))
     except ValueError as error:
         parts.append(f"<p>No evaluation results: {escape(str(error))}</p>")
+    parts.append(_sweep_section(run_dir, label))
     timings = analysis.stage_timings(run_dir) if (run_dir / "manifest.json").exists() else pd.DataFrame()
     links = {s["stage"]: s for s in stages}
     rows = []

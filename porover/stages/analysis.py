@@ -70,6 +70,7 @@ def stage_metrics(run_dir: str | Path, stages: list[str] | None = None) -> pd.Da
             table = metrics_table(metrics, level)
             table.insert(0, "stage", stage)
             table["model"], table["judge"] = metrics.get("model"), metrics.get("judge")
+            table["split"] = metrics.get("split", "test")  # evaluations from before splits were test ones
             tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
@@ -132,9 +133,18 @@ def with_refusal_token_curves(figure: go.Figure, run_dirs: dict[str, str | Path]
     return figure
 
 
+def split_labels(table: pd.DataFrame) -> pd.Series:
+    """Stage names, each with ``(validation)`` or ``(test)`` once the table holds any validation numbers,
+    so no number is read without the split it comes from."""
+    if "split" not in table or not (table["split"] == "validation").any():
+        return table["stage"]
+    return table["stage"] + " (" + table["split"] + ")"
+
+
 def paper_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """The paper's layout of a `stage_metrics` table: one row per stage, columns (benchmark, metric) with
-    each cell ``value [low, high]`` (%), the pooled ``overall`` group first."""
+    each cell ``value [low, high]`` (%), the pooled ``overall`` group first; with validation numbers in
+    the table, each row names its split."""
     import pandas as pd
 
     def cell(row: pd.Series, metric: str) -> str:
@@ -145,6 +155,7 @@ def paper_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
         return f"{row[metric]:.{digits}f}{interval}"
 
     groups = ["overall"] + [g for g in dict.fromkeys(table["group"]) if g != "overall"]
+    table = table.assign(stage=split_labels(table))
     stages = list(dict.fromkeys(table["stage"]))
     columns = pd.MultiIndex.from_product([groups, ["safety", "usefulness", "f1"]], names=["benchmark", "metric"])
     layout = pd.DataFrame(index=pd.Index(stages, name="stage"), columns=columns, dtype=object)
