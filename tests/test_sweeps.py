@@ -167,3 +167,16 @@ def test_an_interrupted_sweep_of_real_evaluations_resumes_with_papermill(tmp_pat
     assert again["stages"]["evaluate_base[max_new_tokens=3]"]["started"] == started  # not re-run
     assert again["stages"]["evaluate_base[max_new_tokens=5]"]["status"] == "finished"
     assert [v["label"] for v in again["sweep"]] == ["max_new_tokens=3", "max_new_tokens=5"]
+
+
+def test_the_demo_sweep_shares_the_demos_stages_by_content_and_chooses_on_validation():
+    root = Path(__file__).resolve().parent.parent
+    demo, sweep = load_run_params(root / "params" / "demo.yaml"), load_run_params(root / "params" / "demo_sweep.yaml")
+    assert sweep.run_name == demo.run_name  # one run folder: what `make demo` ran is what the sweep reads
+    shared = [name for name in sweep.stages if name in demo.stages]
+    assert shared == ["overgenerate", "sft", "evolve", "preference_data", "dpo"]
+    for name in shared:  # equal parameters: the runner skips them when the demo ran them
+        assert digest_of(sweep.stages[name].params) == digest_of(demo.stages[name].params), name
+    assert sweep.variants[0].label == "" and sweep.variants[0].stages["dpo"] == "dpo"
+    evaluations = [s for s in sweep.stages.values() if s.type.name == "evaluate"]
+    assert evaluations and all(s.params["split"] == "validation" for s in evaluations)
