@@ -40,11 +40,13 @@ class Variant:
         label: ``key=value,...`` of what it sets (``""``: the file as written).
         values: ``"stage.param" -> value`` it sets.
         stages: Stage name in the file -> the stage that plays it in this variant (itself when shared).
+        reached: Stage name in the file -> the keys of ``values`` that reach it (its own or upstream).
     """
 
     label: str
     values: dict
     stages: dict[str, str] = field(default_factory=dict)
+    reached: dict[str, list[str]] = field(default_factory=dict)
 
 
 def file_stage(name: str) -> str:
@@ -157,7 +159,8 @@ def expand(stages: dict, specs: list[dict]) -> tuple[dict, list[Variant]]:
             if previous is not None and previous != copy:
                 raise ValueError(f"stage {names[name]!r} would mean two different stages; name the variants apart")
             expanded[names[name]] = copy
-        variants.append(Variant(",".join(f"{short[k]}={_format(v)}" for k, v in spec.items()), dict(spec), names))
+        variants.append(Variant(",".join(f"{short[k]}={_format(v)}" for k, v in spec.items()), dict(spec), names,
+                                {name: list(keys) for name, keys in reach.items()}))
     # analysis-like stages list evaluation stages by plain name: a swept name stands for all its copies
     for name, body in expanded.items():
         for key in NAME_LISTS.get(body.get("type") if isinstance(body, dict) else None, ()):

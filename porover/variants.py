@@ -19,12 +19,13 @@ METRICS = ("safety", "usefulness", "f1")
 
 
 def variant_table(run_dir: str | Path) -> pd.DataFrame:
-    """One row per (variant, evaluation stage that some variant changes): the swept values, the split and
-    overall safety, usefulness and F1 (%) with 95% intervals.
+    """One row per evaluation stage that some variant changes and per stage that played it: the swept values
+    that reach it, the split and overall safety, usefulness and F1 (%) with 95% intervals.
 
-    Columns: ``variant``, one per swept key (``dpo.beta``...), ``evaluation`` (the stage in the run file),
-    ``stage`` (the stage that played it), ``split``, ``n``, and each metric with ``_low`` / ``_high``.
-    Variants or evaluations without results yet are left out; a run without a sweep gives an empty table.
+    Columns: ``variant`` (the values that reach the evaluation, ``(as written)`` for none), one column per
+    swept key (``dpo.beta``...; empty where the file's own value holds), ``evaluation`` (the stage in the
+    run file), ``stage`` (the stage that played it), ``split``, ``n``, and each metric with ``_low`` /
+    ``_high``. Stages without results yet are left out; a run without a sweep gives an empty table.
     """
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
@@ -34,16 +35,19 @@ def variant_table(run_dir: str | Path) -> pd.DataFrame:
     rows = []
     for evaluation in dict.fromkeys(stage for variant in variants for stage in variant["stages"]):
         played = [variant["stages"].get(evaluation, evaluation) for variant in variants]
-        if types.get(played[0]) != "evaluate" or len(set(played)) == 1:  # shared: not a variant's result
+        if types.get(played[0]) != "evaluate" or len(set(played)) == 1:  # shared by all: no variant's result
             continue
-        for variant, stage in zip(variants, played):
+        for stage in dict.fromkeys(played):
+            variant = variants[played.index(stage)]
             metrics_path = run_dir / stage / "metrics.json"
             if not metrics_path.exists():
                 continue
+            reached = variant.get("reached", {}).get(evaluation, list(variant["values"]))
+            values = {key: variant["values"][key] for key in reached}
             metrics = json.loads(metrics_path.read_text())
             overall = metrics_table(metrics, "overall").iloc[0]
-            rows.append({"variant": variant["label"] or "(as written)",
-                         **{key: variant["values"].get(key) for key in keys}, "evaluation": evaluation,
+            rows.append({"variant": ",".join(f"{k}={v}" for k, v in values.items()) or "(as written)",
+                         **{key: values.get(key) for key in keys}, "evaluation": evaluation,
                          "stage": stage, "split": metrics.get("split", "test"), "n": overall.get("n"),
                          **{f"{m}{suffix}": overall.get(f"{m}{suffix}") for m in METRICS
                             for suffix in ("", "_low", "_high")}})

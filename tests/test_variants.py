@@ -3,6 +3,7 @@ variant chosen on the validation split (`porover.variants`)."""
 
 import json
 
+import pandas as pd
 import pytest
 
 from porover.metrics import compute_metrics
@@ -30,7 +31,8 @@ def sweep_run(tmp_path):
     for beta, splits in outcomes.items():
         stages = {"evaluate_base": "evaluate_base", "dpo": f"dpo[beta={beta}]",
                   "evaluate_dpo_val": f"evaluate_dpo_val[beta={beta}]", "evaluate_dpo": f"evaluate_dpo[beta={beta}]"}
-        variants.append({"label": f"beta={beta}", "values": {"dpo.beta": beta}, "stages": stages})
+        reached = {"evaluate_base": [], **{stage: ["dpo.beta"] for stage in stages if stage != "evaluate_base"}}
+        variants.append({"label": f"beta={beta}", "values": {"dpo.beta": beta}, "stages": stages, "reached": reached})
         write_metrics(tmp_path / stages["evaluate_dpo_val"], *splits["val"], "validation")
         write_metrics(tmp_path / stages["evaluate_dpo"], *splits["test"], "test")
     write_metrics(tmp_path / "evaluate_base", [C, C], [C, C], "test")
@@ -43,8 +45,8 @@ def sweep_run(tmp_path):
 def test_every_variant_is_one_row_per_changed_evaluation_with_its_split(sweep_run):
     table = variant_table(sweep_run)
     assert list(zip(table["variant"], table["evaluation"], table["split"])) == [
-        ("beta=0.05", "evaluate_dpo_val", "validation"), ("beta=<b>0.5</b>", "evaluate_dpo_val", "validation"),
-        ("beta=0.05", "evaluate_dpo", "test"), ("beta=<b>0.5</b>", "evaluate_dpo", "test")]  # evaluate_base: shared
+        ("dpo.beta=0.05", "evaluate_dpo_val", "validation"), ("dpo.beta=<b>0.5</b>", "evaluate_dpo_val", "validation"),
+        ("dpo.beta=0.05", "evaluate_dpo", "test"), ("dpo.beta=<b>0.5</b>", "evaluate_dpo", "test")]  # evaluate_base: shared
     first = table.iloc[0]
     assert first["dpo.beta"] == "0.05" and first["safety"] == 100 and first["usefulness"] == 50 and first["n"] == 8
     assert first["stage"] == "evaluate_dpo_val[beta=0.05]" and first["f1_low"] <= first["f1"] <= first["f1_high"]
@@ -54,9 +56,9 @@ def test_every_variant_is_one_row_per_changed_evaluation_with_its_split(sweep_ru
 def test_the_sweep_chooses_on_validation_never_on_test(sweep_run):
     table = variant_table(sweep_run)
     chosen = chosen_variant(table, "evaluate_dpo_val")
-    assert chosen["variant"] == "beta=<b>0.5</b>" and chosen["split"] == "validation"  # F1 75 vs 66.7
+    assert chosen["variant"] == "dpo.beta=<b>0.5</b>" and chosen["split"] == "validation"  # F1 75 vs 66.7
     # on the test split the other variant would have won: choosing there is what the split prevents
-    assert chosen_variant(table, "evaluate_dpo", split="test")["variant"] == "beta=0.05"
+    assert chosen_variant(table, "evaluate_dpo", split="test")["variant"] == "dpo.beta=0.05"
     with pytest.raises(ValueError, match="no validation results of evaluation 'evaluate_dpo'"):
         chosen_variant(table, "evaluate_dpo")
 
@@ -66,7 +68,7 @@ def test_one_frontier_holds_every_variant_with_escaped_labels(sweep_run):
     names = [trace.name for trace in figure.data]
     assert names == ["evaluate_dpo_val (validation)", "evaluate_dpo_val (validation): frontier",
                      "evaluate_dpo (test)", "evaluate_dpo (test): frontier"]
-    assert list(figure.data[0].text) == ["beta=0.05", "beta=&lt;b&gt;0.5&lt;/b&gt;"]
+    assert list(figure.data[0].text) == ["dpo.beta=0.05", "dpo.beta=&lt;b&gt;0.5&lt;/b&gt;"]
     assert pareto([(50, 100), (75, 75), (40, 90), (75, 75)]) == [0, 1, 3]
     only_validation = frontier_figure(variant_table(sweep_run), split="validation")
     assert len(only_validation.data) == 2
@@ -76,5 +78,28 @@ def test_the_report_shows_the_sweep_table_and_frontier(sweep_run):
     from porover.report import _sweep_section
 
     section = _sweep_section(sweep_run, "run")
-    assert "Sweep: 2 variants" in section and "beta=&lt;b&gt;0.5&lt;/b&gt;" in section and "<b>0.5</b>" not in section
+    assert "Sweep: 2 variants" in section and "dpo.beta=&lt;b&gt;0.5&lt;/b&gt;" in section and "<b>0.5</b>" not in section
     assert "validation" in section and "Sweep frontier" in section
+
+
+def test_variants_that_do_not_reach_an_evaluation_show_once_as_written(tmp_path):
+    from dataclasses import asdict
+
+    from porover.sweeps import expand
+
+    stages = {"og": {"type": "overgenerate"}, "eval_og": {"type": "evaluate", "model": "stage:og"},
+              "pd": {"type": "preference_data"}, "eval_pd": {"type": "evaluate", "model": "stage:pd"}}
+    _, variants = expand(stages, [{"og.selection": "random"}, {"og.n_samples": 1}, {"pd.containment_threshold": 0.5},
+                                  {"pd.containment_threshold": 0.75}])
+    for variant in variants:
+        for name in ("eval_og", "eval_pd"):
+            if not (tmp_path / variant.stages[name]).exists():
+                write_metrics(tmp_path / variant.stages[name], [C, R], [R, R], "validation")
+    types = {s: "evaluate" for v in variants for s in v.stages.values()}
+    (tmp_path / "manifest.json").write_text(json.dumps({"sweep": [asdict(v) for v in variants], "types": types}))
+    table = variant_table(tmp_path)
+    assert list(zip(table["evaluation"], table["variant"])) == [
+        ("eval_og", "og.selection=random"), ("eval_og", "og.n_samples=1"), ("eval_og", "(as written)"),
+        ("eval_pd", "(as written)"), ("eval_pd", "pd.containment_threshold=0.5"),
+        ("eval_pd", "pd.containment_threshold=0.75")]
+    assert pd.isna(table.iloc[2]["og.selection"]) and table.iloc[4]["pd.containment_threshold"] == 0.5
