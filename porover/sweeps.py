@@ -8,6 +8,7 @@ A run file may hold a ``sweep`` mapping beside ``stages``::
         preference_data.containment_threshold: [0.25, 0.5]
       variants:                               # and/or these, one by one ({} = the file as written)
         - {dpo.beta: 0.1, dpo.loss_type: ipo}
+        - {overgenerate.n_samples: 1, only: [overgenerate, sft, evaluate_sft]}   # stop after these
 
 Each variant becomes stage copies named after what they depend on: a stage whose own parameters or whose
 upstream stages (through ``stage:NAME``) a variant changes is copied as ``NAME[key=value,...]``, listing
@@ -15,6 +16,8 @@ only the keys that reach it, and its ``stage:`` references are rewired to the co
 stages. A stage no variant reaches keeps its name and is shared by every variant, and so are copies two
 variants agree on (both ``dpo.beta`` variants read one ``preference_data[containment_threshold=0.25]``).
 The runner's content-based staleness then runs each distinct stage once, and the usual resume applies.
+A listed variant's ``only`` names the stages it reaches that it needs; it gets no copy of the others (the
+paper's SFT-only comparisons need no preference optimization per variant).
 
 This module only rewrites the raw run file; `porover.run_file` validates every resulting stage, so every
 variant is checked before anything runs.
@@ -39,13 +42,14 @@ class Variant:
     Attributes:
         label: ``key=value,...`` of what it sets (``""``: the file as written).
         values: ``"stage.param" -> value`` it sets.
-        stages: Stage name in the file -> the stage that plays it in this variant (itself when shared).
+        stages: Stage name in the file -> the stage that plays it in this variant (itself when shared, None
+            when the variant's ``only`` leaves it out).
         reached: Stage name in the file -> the keys of ``values`` that reach it (its own or upstream).
     """
 
     label: str
     values: dict
-    stages: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, str | None] = field(default_factory=dict)
     reached: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -56,10 +60,10 @@ def file_stage(name: str) -> str:
 
 
 def _format(value: object) -> str:
-    if isinstance(value, (dict, list)):
-        import json
-
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if isinstance(value, dict):  # prompt sets: name:n;name:n (folder-name friendly), none for {}
+        return ";".join(f"{k}:{_format(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return "+".join(_format(v) for v in value) or "none"
     return str(value)
 
 
@@ -87,7 +91,11 @@ def variant_specs(sweep: object, stages: dict, where: str) -> tuple[list[dict], 
         specs += [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     specs += listed
     keyed = [(f"{where}.grid.{key}", key) for key in grid]
-    keyed += [(f"{where}.variants[{i}].{key}", key) for i, spec in enumerate(listed) for key in spec]
+    keyed += [(f"{where}.variants[{i}].{key}", key) for i, spec in enumerate(listed) for key in spec if key != "only"]
+    for i, spec in enumerate(listed):
+        only = spec.get("only", [])
+        if not isinstance(only, list) or any(name not in stages for name in only):
+            errors.append(f"{where}.variants[{i}].only: expected a list of stage names of this file, got {only!r}")
     for label, key in keyed:
         stage, dot, name = str(key).partition(".")
         if not dot or not name:
@@ -139,12 +147,13 @@ def expand(stages: dict, specs: list[dict]) -> tuple[dict, list[Variant]]:
         per spec, each saying which stage plays which file stage.
     """
     order = list(stages)
-    short = _short_keys(list(dict.fromkeys(key for spec in specs for key in spec)))
+    short = _short_keys(list(dict.fromkeys(key for spec in specs for key in spec if key != "only")))
     expanded: dict[str, dict] = {}
     variants = []
     for spec in specs:
+        only, spec = spec.get("only"), {k: v for k, v in spec.items() if k != "only"}
         reach: dict[str, dict] = {}  # stage -> the keys of this variant that reach it, in key order
-        names: dict[str, str] = {}
+        names: dict[str, str | None] = {}  # None: a stage this variant reaches but leaves out (``only``)
         for name in order:
             body = stages[name] if isinstance(stages[name], dict) else {}
             own = {key: value for key, value in spec.items() if key.partition(".")[0] == name}
@@ -152,6 +161,12 @@ def expand(stages: dict, specs: list[dict]) -> tuple[dict, list[Variant]]:
             reach[name] = {k: v for k, v in spec.items() if k in {**keys, **own}}  # spec's order
             label = ",".join(f"{short[k]}={_format(v)}" for k, v in reach[name].items())
             names[name] = f"{name}[{label}]" if label else name
+            left_out = [target for target in _refs(body) if names.get(target, target) is None]
+            if label and only is not None and name not in only or left_out and name not in (only or []):
+                names[name] = None
+                continue
+            if left_out:
+                raise ValueError(f"variant {spec}: stage {name!r} reads {left_out[0]!r}, which its `only` leaves out")
             copy = _rewire(body, names) if isinstance(stages[name], dict) else stages[name]
             if isinstance(copy, dict):
                 copy = {**copy, **{key.partition(".")[2]: value for key, value in own.items()}}
@@ -165,7 +180,7 @@ def expand(stages: dict, specs: list[dict]) -> tuple[dict, list[Variant]]:
     for name, body in expanded.items():
         for key in NAME_LISTS.get(body.get("type") if isinstance(body, dict) else None, ()):
             if isinstance(body.get(key), list):
-                copies = lambda s: list(dict.fromkeys(v.stages.get(s, s) for v in variants))  # noqa: E731
+                copies = lambda s: [c for c in dict.fromkeys(v.stages.get(s, s) for v in variants) if c]  # noqa: E731
                 listed = [c for s in body[key] for c in copies(s)]
                 body[key] = listed if key != "compare" else [copies(s)[0] for s in body[key]]
     return _in_run_order(expanded, order, variants), variants
@@ -176,7 +191,7 @@ def _in_run_order(expanded: dict, order: list[str], variants: list[Variant]) -> 
     reach, variant by variant, so a sweep stopped half way has whole variants finished (each stage still
     comes after everything it reads: its upstream copies come earlier in the same variant, or earlier)."""
     ordered: dict[str, dict] = {}
-    reached = lambda stage: any(v.stages[stage] != stage for v in variants)  # noqa: E731
+    reached = lambda stage: any(v.stages[stage] != stage for v in variants)  # noqa: E731 (None: left out)
     i = 0
     while i < len(order):
         j = i + 1
@@ -185,7 +200,8 @@ def _in_run_order(expanded: dict, order: list[str], variants: list[Variant]) -> 
                 j += 1
         for variant in variants:
             for stage in order[i:j]:
-                ordered.setdefault(variant.stages[stage], expanded[variant.stages[stage]])
+                if variant.stages[stage] is not None:
+                    ordered.setdefault(variant.stages[stage], expanded[variant.stages[stage]])
         i = j
     return ordered
 

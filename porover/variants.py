@@ -35,9 +35,9 @@ def variant_table(run_dir: str | Path) -> pd.DataFrame:
     rows = []
     for evaluation in dict.fromkeys(stage for variant in variants for stage in variant["stages"]):
         played = [variant["stages"].get(evaluation, evaluation) for variant in variants]
-        if types.get(played[0]) != "evaluate" or len(set(played)) == 1:  # shared by all: no variant's result
-            continue
-        for stage in dict.fromkeys(played):
+        if len(set(played)) == 1 or not any(types.get(stage) == "evaluate" for stage in played):
+            continue  # shared by all: no variant's result
+        for stage in [stage for stage in dict.fromkeys(played) if stage]:  # None: left out by a variant's `only`
             variant = variants[played.index(stage)]
             metrics_path = run_dir / stage / "metrics.json"
             if not metrics_path.exists():

@@ -180,3 +180,24 @@ def test_the_demo_sweep_shares_the_demos_stages_by_content_and_chooses_on_valida
     assert sweep.variants[0].label == "" and sweep.variants[0].stages["dpo"] == "dpo"
     evaluations = [s for s in sweep.stages.values() if s.type.name == "evaluate"]
     assert evaluations and all(s.params["split"] == "validation" for s in evaluations)
+
+
+def test_a_variant_can_stop_early_with_only_and_prompt_sets_name_their_copies():
+    stages = {**STAGES, "evaluate_sft": {"type": "evaluate", "model": "stage:sft", "benchmarks": {"xstest": 4}}}
+    order = ["overgenerate", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "analysis"]
+    stages = {name: stages[name] for name in order}
+    only = ["overgenerate", "sft", "evaluate_sft"]
+    expanded, variants = expand(stages, [{"overgenerate.toxic_prompts": {}, "only": only},
+                                         {"overgenerate.toxic_prompts": {"saferpaca_safety": 48}, "only": only},
+                                         {"dpo.beta": 0.5}])
+    none = variants[0].stages
+    assert none["sft"] == "sft[toxic_prompts=none]" and none["evaluate_sft"] == "evaluate_sft[toxic_prompts=none]"
+    assert none["preference_data"] is None and none["dpo"] is None and none["analysis"] == "analysis"
+    assert variants[1].stages["overgenerate"] == "overgenerate[toxic_prompts=saferpaca_safety:48]"
+    assert variants[0].label == "toxic_prompts=none" and "only" not in variants[0].values
+    assert not [name for name in expanded if name.startswith(("dpo[toxic", "preference_data[toxic"))]
+    assert "preference_data" in expanded and "dpo[beta=0.5]" in expanded  # the third variant: the whole loop
+    with pytest.raises(ValueError, match="reads 'sft\\[learning_rate=1e-05\\]'|which its `only` leaves out"):
+        expand(stages, [{"sft.learning_rate": 1e-5, "only": ["dpo"]}])
+    _, errors = variant_specs({"variants": [{"dpo.beta": 1, "only": ["nope"]}]}, stages, "f.yaml: sweep")
+    assert errors == ["f.yaml: sweep.variants[0].only: expected a list of stage names of this file, got ['nope']"]
