@@ -103,3 +103,29 @@ def test_variants_that_do_not_reach_an_evaluation_show_once_as_written(tmp_path)
         ("eval_pd", "(as written)"), ("eval_pd", "pd.containment_threshold=0.5"),
         ("eval_pd", "pd.containment_threshold=0.75")]
     assert pd.isna(table.iloc[2]["og.selection"]) and table.iloc[4]["pd.containment_threshold"] == 0.5
+
+
+def test_paper_tables_take_the_rows_of_their_own_keys_beside_the_file_as_written(tmp_path):
+    from porover.stages.analysis import sweep_tables
+
+    test_variants_that_do_not_reach_an_evaluation_show_once_as_written(tmp_path)
+    tables = sweep_tables(tmp_path, {"Teacher and selection": ["og.selection", "og.n_samples"],
+                                     "POROver across τ": ["pd.containment_threshold"]})
+    assert list(tables) == ["Teacher and selection: eval_og", "POROver across τ: eval_pd"]
+    selection = tables["Teacher and selection: eval_og"]
+    assert list(selection.index) == ["og.selection=random (validation)", "og.n_samples=1 (validation)",
+                                     "(as written) (validation)"]
+    assert selection.loc["og.n_samples=1 (validation)", ("overall", "usefulness")].startswith("50.0 [")
+    assert len(tables["POROver across τ: eval_pd"]) == 3
+
+
+def test_the_report_lays_out_the_paper_tables_the_analysis_stage_names(tmp_path):
+    from porover.report import _sweep_section
+
+    test_variants_that_do_not_reach_an_evaluation_show_once_as_written(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["types"]["analysis"] = "analysis"
+    manifest["params"] = {"analysis": {"tables": {"Added <safety> data": ["og.n_samples"]}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    section = _sweep_section(tmp_path, "run")
+    assert "<h4>Added &lt;safety&gt; data: eval_og</h4>" in section and "og.n_samples=1 (validation)" in section
