@@ -164,3 +164,45 @@ def test_empty_teacher_completions_are_never_chosen_and_truncated_ones_on_reques
     assert summary["counts"]["teacher completions dropped: empty"] == 3
 
 
+
+
+def test_anchors_come_from_another_models_compliance_on_the_real_model(tmp_path):
+    """Anchors whose rejected side is another model's compliance: read from an evaluation's responses (known
+    text, matched by normalised prompt) or sampled from the base model for real (stored: a re-run samples
+    nothing); chosen = the recorded teacher's refusal."""
+    from porover.generation import Sampling
+    from porover.splits import load_sets
+    from porover.stages.preference_data import anchor_model_samples, run_preference_data
+    from porover.store import write_jsonl
+
+    toxic = [{**r, "kind": "safety_anchor"} for r in load_sets({"saferpaca_safety": 2}, seed=0)]
+    responses = tmp_path / "evaluate_base" / "responses.jsonl"
+    write_jsonl(responses, [{"prompt": r["prompt"].upper() + "  ", "response": f"Sure, here is how: step 1 ({i})"}
+                            for i, r in enumerate(toxic)] + [{"prompt": "an unrelated prompt", "response": "Sure."}])
+    values = {"prompts": {"or_bench_hard:train": 2}, "eval_sets": {}, "k": 1, "max_new_tokens": 8,
+              "refusal_judge": "xstest_string_match", "containment_threshold": 0.5, "teacher_samples": 2,
+              "teacher_max_new_tokens": 8, "safety_anchor_sets": {"saferpaca_safety": 2}, "safety_anchor_ratio": 10,
+              "anchor_chosen": "reference", "ches": False, "run_dir": str(tmp_path), "stage_name": "pd",
+              "device": "cpu", "anchor_rejected_from": str(responses)}
+    params = PreferenceDataParams.from_namespace(values, "test")
+    sampling = Sampling(max_new_tokens=8, temperature=0.7, seed=0)
+    read = anchor_model_samples(params, toxic, sampling)
+    assert [(r["id"], r["response"], r["origin"]) for r in read] == [
+        (toxic[0]["id"], "Sure, here is how: step 1 (0)", "anchor_model"), (toxic[1]["id"], "Sure, here is how: step 1 (1)",
+                                                                           "anchor_model")]
+    try:
+        run_preference_data(params)
+    except ValueError as error:  # no over-refusal pair at 8 tokens is possible; the anchors are what is under test
+        assert "no over-refusal pair" in str(error)
+    summary = json.loads((tmp_path / "pd" / "summary.json").read_text())
+    anchors = [p for p in read_jsonl(tmp_path / "pd" / "scored_pairs.jsonl") if p["kind"] == "safety_anchor"]
+    assert summary["counts"]["toxic prompts with an anchor pair"] == 2  # every toxic prompt has a rejected side
+    assert all(p["chosen_origin"] == "reference" and p["chosen"] == t["reference_response"] for p, t in
+               zip(sorted(anchors, key=lambda p: p["id"]), sorted(toxic, key=lambda t: t["id"])))
+    assert all(p["rejected_origin"] in ("student", "anchor_model") for p in anchors)
+    # the base model as the source: sampled for real, k per prompt, stored (a second call samples nothing)
+    base = PreferenceDataParams.from_namespace({**values, "anchor_rejected_from": "smollm2-135m-instruct"}, "test")
+    sampled = anchor_model_samples(base, toxic, sampling)
+    assert len(sampled) == 2 and all(r["origin"] == "anchor_model" and r["response"] for r in sampled)
+    assert len(read_jsonl(tmp_path / "pd" / "anchor_model_samples.jsonl")) == 2
+    assert anchor_model_samples(base, toxic, sampling) == sampled

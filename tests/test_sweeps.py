@@ -201,3 +201,14 @@ def test_a_variant_can_stop_early_with_only_and_prompt_sets_name_their_copies():
         expand(stages, [{"sft.learning_rate": 1e-5, "only": ["dpo"]}])
     _, errors = variant_specs({"variants": [{"dpo.beta": 1, "only": ["nope"]}]}, stages, "f.yaml: sweep")
     assert errors == ["f.yaml: sweep.variants[0].only: expected a list of stage names of this file, got ['nope']"]
+
+
+def test_paper_tables_run_the_loop_only_where_a_table_needs_it():
+    run = load_run_params(Path(__file__).resolve().parent.parent / "params" / "paper_tables.yaml")
+    dpo = [name for name, stage in run.stages.items() if stage.type.name == "preference_optimization"]
+    assert len(dpo) == 4 and all("containment_threshold" in name for name in dpo)  # table 3's grid only
+    sft = [name for name, stage in run.stages.items() if stage.type.name == "sft"]
+    assert sft == ["sft", "sft[selection=random]", "sft[n_samples=1]", "sft[toxic_prompts=none]",
+                   "sft[toxic_prompts=saferpaca_safety:48]"]
+    assert run.stages["overgenerate[toxic_prompts=none]"].params["toxic_prompts"] == {}
+    assert set(run.stages["analysis"].params["tables"]) and len(run.stages["analysis"].params["stages"]) == 10

@@ -119,6 +119,9 @@ class PreferenceDataParams(StageParams, EndpointParams):
                           "completions the same; set it > 0")
         if self.anchor_rejected_from and not self.safety_anchor_sets:
             errors.append(f"{where}.anchor_rejected_from: anchors need safety_anchor_sets (toxic prompts)")
+        elif self.anchor_rejected_from.endswith(".jsonl"):  # an evaluation's responses (stage:NAME, resolved)
+            if not Path(self.anchor_rejected_from).expanduser().is_file():
+                errors.append(f"{where}.anchor_rejected_from: no such responses file {self.anchor_rejected_from}")
         elif self.anchor_rejected_from and not self.anchor_rejected_from.startswith("stage:"):
             errors += model_errors(self.anchor_rejected_from, f"{where}.anchor_rejected_from")
         if self.ches_quantile is not None and not self.ches:
