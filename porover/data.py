@@ -258,7 +258,7 @@ def load_rows(name: str, n: int | None = None, seed: int = 0, split: str | None 
             and stratified 50/50 by label (odd extra to "safe") when safe and unsafe mix.
         seed: Seed for ``random.Random`` used by the draw.
         split: ``None`` for all rows; otherwise a split the dataset has (``or_bench_hard``
-            and ``oktest``: "train"/"test" by a stable prompt hash; ``harmbench``:
+            and ``oktest``: "train"/"val"/"test" by a stable prompt hash; ``harmbench``:
             "test"/"val"; hub datasets: passed to ``datasets.load_dataset``).
 
     Returns:
