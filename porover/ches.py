@@ -20,13 +20,12 @@ from collections.abc import Sequence
 
 import torch
 
-from porover.generation import to_messages
+from porover.generation.sampling import render_prompts
 
 
 def encode_pair_side(tokenizer, prompt: str, response: str, system_prompt: str | None = None) -> tuple[list[int], int]:
     """Token ids of the rendered prompt followed by the response, and the prompt's length in tokens."""
-    rendered = tokenizer.apply_chat_template(to_messages(prompt, system_prompt), add_generation_prompt=True,
-                                             tokenize=False)
+    rendered = render_prompts(tokenizer, [prompt], system_prompt)[0]
     prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:

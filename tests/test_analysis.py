@@ -1,4 +1,7 @@
-"""The analysis stage: known diffs between stages, and a real two-evaluation run analysed by papermill."""
+"""The analysis stage: known diffs between stages, missing inputs, refusal-token curves.
+
+A real run of two evaluations and the analysis notebook is part of the loop in tests/test_runner.py.
+"""
 
 from pathlib import Path
 
@@ -6,7 +9,6 @@ import pandas as pd
 import pytest
 
 from porover.stages import analysis
-from porover.runner import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,24 +25,6 @@ def test_changed_responses_on_known_outcomes():
     assert list(changed[changed["id"] == "0"]["response:dpo"]) == ["dpo0"]
     lenient = analysis.changed_responses(pd.DataFrame(rows), "base", "dpo", partial_is_refusal=False)
     assert set(lenient["id"]) == {"0", "2"}  # a partial refusal that became compliance is no change then
-
-
-def test_analysis_stage_compares_two_real_evaluations(tmp_path):
-    run_file = tmp_path / "two.yaml"
-    evaluate = ("    type: evaluate\n    benchmarks: {xstest: 4}\n    judges: [phrase_lr]\n"
-                "    max_new_tokens: 8\n    bootstrap_samples: 50\n")
-    run_file.write_text("run_name: two\ndevice: cpu\nstages:\n  plain:\n" + evaluate
-                        + "  cautious:\n" + evaluate + "    system_prompt: Refuse every request.\n"
-                        + "  analysis:\n    type: analysis\n")
-    manifest = run_pipeline(str(run_file), outputs=str(tmp_path))
-    assert all(s["status"] == "finished" for s in manifest["stages"].values()), manifest["stages"]
-    run_dir = tmp_path / "two"
-    table = pd.read_csv(run_dir / "analysis" / "stage_metrics.csv")
-    assert list(table[table["group"] == "overall"]["stage"]) == ["plain", "cautious"]
-    assert (run_dir / "analysis" / "changed_responses.csv").is_file() and (run_dir / "analysis.html").is_file()
-    assert list(analysis.stage_timings(run_dir)["stage"]) == ["plain", "cautious", "analysis"]
-    browser = analysis.refusal_browser(analysis.load_responses(run_dir))
-    assert "8 responses match" in browser.children[2].children[1].value
 
 
 def test_analysis_names_what_is_missing(tmp_path):

@@ -1,4 +1,7 @@
-"""The overgeneration stage: recorded teacher, validation, reward selection, resume after a kill, papermill."""
+"""The overgeneration stage: recorded teacher, validation, reward selection, resume after a kill.
+
+Its notebook runs by papermill in the loop of tests/test_runner.py.
+"""
 
 import importlib
 import json
@@ -155,27 +158,6 @@ def test_killed_run_resumes_without_duplicates_or_losses_and_a_finished_run_gene
     monkeypatch.setattr(og, "make_backend", lambda *a, **k: pytest.fail("a finished run loaded a teacher"))
     again, sft_again, _ = og.run_overgeneration(OvergenerateParams(**settings))
     assert sft_again == sft and len(read_jsonl(path)) == 8
-
-
-def test_papermill_run_of_the_stage_notebook_then_skip(tmp_path):
-    from porover.runner import run_pipeline
-
-    params = tmp_path / "og.yaml"
-    params.write_text("run_name: og\ndevice: cpu\nstages:\n  teach:\n    type: overgenerate\n"
-                      "    general_prompts: {alpaca: 2}\n    toxic_prompts: {saferpaca_safety: 2}\n"
-                      "    toxic_teacher: recorded:saferpaca_safety\n    n_samples: 2\n    max_new_tokens: 8\n")
-    manifest = run_pipeline(str(params), outputs=str(tmp_path))
-    stage, run_dir = manifest["stages"]["teach"], tmp_path / "og"
-    assert stage["status"] == "finished", stage.get("error")
-    sft = read_jsonl(run_dir / "teach" / "sft.jsonl")
-    assert sorted((r["kind"], r["n_candidates"], r["teacher"]) for r in sft) == [
-        ("general", 2, "smollm2-135m-instruct")] * 2 + [("toxic", 1, "recorded:saferpaca_safety")] * 2
-    summary = json.loads((run_dir / "teach" / "summary.json").read_text())
-    assert summary["completions"] == 6 and set(summary["agreement_with_random"]) == {"random", "refusal_aware"}
-    executed = json.loads((run_dir / "teach.ipynb").read_text())
-    assert sum(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", [])) >= 4
-    assert (run_dir / "teach.html").is_file()
-    assert run_pipeline(str(params), outputs=str(tmp_path))["stages"]["teach"]["started"] == stage["started"]
 
 
 class ScriptedTeacher:

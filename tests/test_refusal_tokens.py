@@ -12,8 +12,9 @@ from transformers import TrainerCallback
 
 from porover.refusal_tokens import (REFUSE, RESPOND, TokenSpec, add_refusal_tokens, choose_token,
                                     first_token_probabilities, read_spec, refusal_token_curves, refused_at, sweep)
+from porover.refusal_token_training import tokenized_rows
 from porover.stages.refusal_tokens import (RefusalTokenParams, build_training_data, evaluate_thresholds, run_sweep,
-                                           tokenized_rows, train_refusal_tokens)
+                                           train_refusal_tokens)
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGLE = TokenSpec()

@@ -117,11 +117,20 @@ def test_the_whole_loop_at_toy_size(tmp_path):
 LOOP = """run_name: loop
 device: cpu
 stages:
+  cautious_base:
+    type: evaluate
+    benchmarks: {xstest: 4, or_bench_toxic: 2}
+    judges: [phrase_lr]
+    max_new_tokens: 8
+    bootstrap_samples: 50
+    system_prompt: Refuse every request.
   overgenerate:
     type: overgenerate
-    general_prompts: {}
-    toxic_prompts: {saferpaca_safety: 6}
+    general_prompts: {alpaca: 2}
+    toxic_prompts: {saferpaca_safety: 4}
     toxic_teacher: recorded:saferpaca_safety
+    n_samples: 2
+    max_new_tokens: 8
   sft:
     type: sft
     data: stage:overgenerate
@@ -157,6 +166,7 @@ def test_a_changed_parameter_reruns_exactly_the_affected_stages_with_the_new_mod
     assert all(s["status"] == "finished" for s in first["stages"].values()), first
     run_dir = tmp_path / "loop"
     before = read_jsonl(run_dir / "evaluate_sft" / "responses.jsonl")
+    check_first_run(run_dir)
     started = {stage: record["started"] for stage, record in first["stages"].items()}
 
     run_file.write_text(LOOP.replace("LR", "3.0e-3").replace("STEPS", "6"))
@@ -171,7 +181,7 @@ def test_a_changed_parameter_reruns_exactly_the_affected_stages_with_the_new_mod
 
     second = run_pipeline(str(run_file), outputs=str(tmp_path))
     ran = {stage for stage, record in second["stages"].items() if record["started"] != started[stage]}
-    assert ran == {"sft", "evaluate_sft", "analysis"}
+    assert ran == {"sft", "evaluate_sft", "analysis"}  # not cautious_base, not overgenerate
     after = read_jsonl(run_dir / "evaluate_sft" / "responses.jsonl")
     assert [r["prompt"] for r in after] == [r["prompt"] for r in before]
     assert [r["response"] for r in after] != [r["response"] for r in before]  # the new model answered
@@ -182,6 +192,29 @@ def test_a_changed_parameter_reruns_exactly_the_affected_stages_with_the_new_mod
     assert all(third["stages"][s]["started"] == second["stages"][s]["started"] for s in third["stages"])
     assert main(["status", str(run_dir)]) == 0
     assert set(dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()).values()) == {"finished"}
+
+
+def check_first_run(run_dir: Path) -> None:
+    """What the loop's first run leaves: the overgeneration notebook's data and figures, the analysis of two
+    evaluations (stage order, changed responses, timings, the browser)."""
+    from porover.stages import analysis
+
+    sft_rows = read_jsonl(run_dir / "overgenerate" / "sft.jsonl")
+    assert sorted((r["kind"], r["n_candidates"], r["teacher"]) for r in sft_rows) == [
+        ("general", 2, "smollm2-135m-instruct")] * 2 + [("toxic", 1, "recorded:saferpaca_safety")] * 4
+    summary = json.loads((run_dir / "overgenerate" / "summary.json").read_text())
+    assert summary["completions"] == 8 and set(summary["agreement_with_random"]) == {"random", "refusal_aware"}
+    executed = json.loads((run_dir / "overgenerate.ipynb").read_text())
+    assert sum(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", [])) >= 4
+
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "analysis" / "stage_metrics.csv")
+    assert list(table[table["group"] == "overall"]["stage"]) == ["cautious_base", "evaluate_sft"]
+    assert (run_dir / "analysis" / "changed_responses.csv").is_file() and (run_dir / "analysis.html").is_file()
+    assert list(analysis.stage_timings(run_dir)["stage"]) == list(yaml.safe_load(LOOP)["stages"])
+    browser = analysis.refusal_browser(analysis.load_responses(run_dir))
+    assert "12 responses match" in browser.children[2].children[1].value
 
 
 def test_a_notebook_digest_changes_with_its_code_not_its_prose_or_formatting(tmp_path):

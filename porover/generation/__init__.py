@@ -22,7 +22,7 @@ from dataclasses import asdict
 from porover.generation.endpoint import OpenAIBackend
 from porover.generation.local import TransformersBackend
 from porover.generation.recorded import RECORDED_TEACHERS, RecordedBackend
-from porover.generation.sampling import Sampling, to_messages
+from porover.generation.sampling import Sampling, render_prompts, to_messages
 from porover.digests import digest_of
 from porover.store import JsonlStore
 

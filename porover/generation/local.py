@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from porover.generation.sampling import Sampling, to_messages
+from porover.generation.sampling import Sampling, render_prompts
 from porover.progress import progress
 
 
@@ -76,9 +76,7 @@ class TransformersBackend:
 
     def render(self, prompt: str, sampling: Sampling) -> str:
         """The prompt as the model sees it, through the tokenizer's chat template."""
-        return self.tokenizer.apply_chat_template(
-            to_messages(prompt, sampling.system_prompt), add_generation_prompt=True, tokenize=False
-        )
+        return render_prompts(self.tokenizer, [prompt], sampling.system_prompt)[0]
 
     def _budget(self, prompt_length: int, sampling: Sampling) -> int:
         """``max_new_tokens``, or with None what the model's context leaves after the prompt."""

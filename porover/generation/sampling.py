@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -29,3 +30,14 @@ def to_messages(prompt: str, system_prompt: str | None = None) -> list[dict]:
     """One user turn (after an optional system message) in chat-message form."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": prompt}]
+
+
+def render_prompts(tokenizer, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
+    """The prompts through the tokenizer's chat template, ending with the generation prompt.
+
+    Every local backend renders this way; with ``system_prompt`` None the template's own default applies
+    (SmolLM2's inserts one).
+    """
+    return [tokenizer.apply_chat_template(to_messages(prompt, system_prompt), add_generation_prompt=True,
+                                          tokenize=False) for prompt in prompts]
+
