@@ -43,8 +43,12 @@ def _read_json(path: Path) -> Any:
 
 
 def _hash_split(prompt: str) -> str:
-    """Stable 50/50 train/test assignment from the prompt text alone."""
-    return "train" if hashlib.sha256(prompt.encode("utf-8")).digest()[0] % 2 == 0 else "test"
+    """Stable train / val / test assignment from the prompt text alone: test is half (as it always was); a
+    quarter of the other half is val, for sweeps to choose settings on, and never seen by training."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    if digest[0] % 2:
+        return "test"
+    return "val" if digest[1] % 4 == 0 else "train"
 
 
 def _table(rel: str, name: str, column: str, label: str | None, category: str | None = None,
@@ -258,7 +262,7 @@ def load_rows(name: str, n: int | None = None, seed: int = 0, split: str | None 
             and stratified 50/50 by label (odd extra to "safe") when safe and unsafe mix.
         seed: Seed for ``random.Random`` used by the draw.
         split: ``None`` for all rows; otherwise a split the dataset has (``or_bench_hard``
-            and ``oktest``: "train"/"test" by a stable prompt hash; ``harmbench``:
+            and ``oktest``: "train"/"val"/"test" by a stable prompt hash; ``harmbench``:
             "test"/"val"; hub datasets: passed to ``datasets.load_dataset``).
 
     Returns:

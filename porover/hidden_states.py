@@ -12,25 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def render_prompts(tokenizer, prompts: Sequence[str], system_prompt: str | None = None) -> list[str]:
-    """Chat-templated prompts ending with the assistant's generation prompt.
-
-    Args:
-        tokenizer: A tokenizer with a chat template.
-        prompts: User messages.
-        system_prompt: None renders no system message, so a template that inserts a default one (SmolLM2's
-            "You are a helpful AI assistant named SmolLM...") does, exactly as the evaluation stage's generation
-            with ``system_prompt: ''`` sees it; a string, ``""`` included, is rendered as an explicit system
-            message (``""`` = an explicitly empty one, the only way to have *no* system text with SmolLM2).
-
-    Returns:
-        The rendered texts, one per prompt.
-    """
-    head = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    return [tokenizer.apply_chat_template(head + [{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          tokenize=False) for prompt in prompts]
-
-
 def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_size: int = 16,
                       max_length: int | None = None) -> dict[int, np.ndarray]:
     """Hidden states of ``layers`` at the last token of each already-rendered text.
@@ -38,7 +19,9 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
     Args:
         model: A causal LM (a PEFT model works too), in eval mode.
         tokenizer: Its tokenizer; padding is set to the left for the call and restored after.
-        texts: Rendered prompts (`render_prompts`); no special tokens are added.
+        texts: Rendered prompts (`porover.generation.sampling.render_prompts`, as generation renders them: with
+            ``system_prompt`` None, SmolLM2's template inserts its default system message); no special tokens
+            are added.
         layers: Indices into transformers' ``hidden_states`` tuple: 0 = the embeddings, ``i`` = the output of
             block ``i`` (1-based), ``num_hidden_layers`` (or -1) = the last block after the final norm.
         batch_size: Texts per forward pass.
@@ -63,9 +46,11 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     device = next(model.parameters()).device
+    # Batches of similar lengths waste little compute on padding; rows go back to their order at the end.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+            batch = tokenizer([texts[i] for i in order[start:start + batch_size]], return_tensors="pt", padding=True,
                               add_special_tokens=False, truncation=max_length is not None, max_length=max_length)
             mask = batch["attention_mask"].to(device)
             # A plain forward numbers positions 0..n-1 whatever the mask; left-padded rows need theirs to start at
@@ -78,5 +63,6 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
                 out[layer].append(result.hidden_states[layer][:, -1, :].float().cpu().numpy())
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = side, truncation
-    size = model.config.hidden_size
-    return {layer: np.concatenate(parts) if parts else np.zeros((0, size), np.float32) for layer, parts in out.items()}
+    size, back = model.config.hidden_size, np.argsort(order)
+    return {layer: np.concatenate(parts)[back] if parts else np.zeros((0, size), np.float32)
+            for layer, parts in out.items()}

@@ -115,6 +115,8 @@ def resolve_model(name: str) -> str:
         if not (target / "config.json").is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             _merge_adapter(Path(name).expanduser(), target)
+            prune_merged(keep=target)
+        target.touch()  # last use, for `prune_merged`
         return str(target)
     return name
 
@@ -162,6 +164,33 @@ def _merge_adapter(folder: Path, target: Path) -> None:
         partial.rename(target)
     except OSError:  # another process merged the same adapter first
         shutil.rmtree(partial)
+
+
+def prune_merged(keep: Path | None = None, limit_gb: float | None = None, idle_minutes: float = 30) -> list[Path]:
+    """Drop the least recently used merged models beyond ``limit_gb`` (``$POROVER_MERGED_CACHE_GB``, default 10).
+
+    Every LoRA model of every run is merged once into the cache (~0.5 GB at 135M), so without a bound the cache
+    grows with every experiment. A merge is cheap to redo; models used in the last ``idle_minutes`` and ``keep``
+    are never dropped.
+
+    Returns:
+        The folders removed.
+    """
+    import time
+
+    limit = float(os.environ.get("POROVER_MERGED_CACHE_GB", 10)) if limit_gb is None else limit_gb
+    folders = [f for f in (cache_dir() / "merged").glob("*") if f.is_dir() and ".partial-" not in f.name]
+    sizes = {f: sum(x.stat().st_size for x in f.rglob("*") if x.is_file()) for f in folders}
+    total, removed = sum(sizes.values()), []
+    for folder in sorted(folders, key=lambda f: f.stat().st_mtime):
+        if total <= limit * 2**30:
+            break
+        if folder == keep or time.time() - folder.stat().st_mtime < idle_minutes * 60:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= sizes[folder]
+        removed.append(folder)
+    return removed
 
 
 def load_model(name: str, device: str = "auto", dtype=None):

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from porover.config import STAGE_REF, looks_like_path, referenced_stage, secret_errors
+from porover.splits import split_errors
+from porover.sweeps import Variant, expand_run_file
 
 # stage type -> module that owns its parameters (`<Name>Params`), NOTEBOOK and OUTPUTS
 STAGE_TYPES = {
@@ -30,6 +32,8 @@ STAGE_TYPES = {
     "analysis": "porover.stages.analysis",
     "evolve": "porover.stages.evolve",
     "refusal_tokens": "porover.stages.refusal_tokens",
+    "represent": "porover.stages.represent",
+    "mosr": "porover.stages.mosr",
     "dro": "porover.stages.dro",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
@@ -90,12 +94,14 @@ class RunParams:
     Attributes:
         path: The file it came from.
         run_name: Default folder name under ``outputs/``.
-        stages: Stage name -> `Stage`, in run order.
+        stages: Stage name -> `Stage`, in run order (a sweep's stage copies included).
+        variants: The sweep's variants (`porover.sweeps`), empty without a ``sweep``.
     """
 
     path: str
     run_name: str
     stages: dict[str, Stage]
+    variants: list[Variant] = field(default_factory=list)
 
     def output(self, run_dir: str | Path, stage: str) -> Path:
         """Where ``stage`` writes its main output (what ``stage:<stage>`` stands for)."""
@@ -145,12 +151,13 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
         raise ValueError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise ValueError(f"{path}: expected a mapping with a non-empty 'stages' mapping of stage name -> parameters")
-    errors = secret_errors({k: v for k, v in raw.items() if k != "stages"}, str(path))
+    raw, variants, errors = expand_run_file(raw, str(path))  # every variant is validated below like any stage
+    errors += secret_errors({k: v for k, v in raw.items() if k != "stages"}, str(path))
     for key, value in raw.items():
         if key == "stages":
             continue
         if key not in RUN_KEYS:
-            errors.append(f"{path}: {key}: unknown key; expected {', '.join([*RUN_KEYS, 'stages'])}")
+            errors.append(f"{path}: {key}: unknown key; expected {', '.join([*RUN_KEYS, 'stages', 'sweep'])}")
         elif not isinstance(value, RUN_KEYS[key]) or isinstance(value, bool):
             errors.append(f"{path}: {key}: expected {RUN_KEYS[key].__name__}, got {value!r}")
     shared = {k: v for k, v in raw.items() if k in RUN_KEYS and k != "run_name"}
@@ -185,9 +192,11 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
             if kind.name == "analysis":
                 inputs.update({f"stages.{stage}": f"{STAGE_REF}{stage}" for stage in params.stages})
             stages[name] = Stage(name, kind, flat, inputs)
+    if not errors:  # training, validation and test prompts never meet
+        errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path))
     if errors:
         raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
-    return RunParams(str(path), raw.get("run_name", path.stem), stages)
+    return RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
 
 
 def _reference_errors(body: dict, types: dict[str, str], where: str) -> list[str]:

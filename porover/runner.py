@@ -9,6 +9,7 @@ reported with the old model's responses. `stage_status` says, per stage, why it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -259,6 +260,7 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     manifest = read_manifest(run_dir)
     manifest.update({"run_dir": str(run_dir), "params_file": str(params_path), "params": {s: st.params for s, st in run.stages.items()},
                      "types": {s: st.type.name for s, st in run.stages.items()},
+                     "sweep": [dataclasses.asdict(v) for v in run.variants],
                      "packages": package_versions(), "git_commit": git_commit(), "python": platform.python_version(),
                      "platform": platform.platform()})
     shutil.copyfile(params_path, run_dir / "params.yaml")

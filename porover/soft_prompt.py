@@ -63,6 +63,17 @@ def read_soft_prompt(model: str | Path) -> tuple[SoftPromptSpec, object] | None:
     return SoftPromptSpec(**json.loads((path / SPEC_FILE).read_text())), weights
 
 
+def render_with_system_turn(tokenizer, prompts: Sequence[str], system_prompt: str) -> list[str]:
+    """Prompts rendered with a system turn that is always there: ``""`` gives an explicitly *empty* one.
+
+    `porover.generation.sampling.render_prompts` leaves an empty system prompt out, and SmolLM2's template then
+    inserts its own default system message; DRO's "no prompt" condition must not get it.
+    """
+    return [tokenizer.apply_chat_template([{"role": "system", "content": system_prompt},
+                                           {"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=False) for prompt in prompts]
+
+
 def placeholder_ids(tokenizer, prompt: str, n_tokens: int) -> tuple[list[int], int]:
     """Token ids of ``prompt`` rendered with a system turn of ``n_tokens`` placeholders, and where they start.
 

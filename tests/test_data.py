@@ -117,10 +117,11 @@ def test_stratified_by_label(name, n, safe, unsafe):
 
 @pytest.mark.parametrize("name", ["or_bench_hard", "oktest"])
 def test_hash_splits_disjoint_and_covering(name):
-    full, train, test = (load_prompts(name, split=s) for s in (None, "train", "test"))
-    assert set(train["prompt"]).isdisjoint(test["prompt"])
-    assert sorted([*train["id"], *test["id"]]) == sorted(full["id"])
-    assert 0.4 < len(train) / len(full) < 0.6
+    full, train, val, test = (load_prompts(name, split=s) for s in (None, "train", "val", "test"))
+    assert set(train["prompt"]).isdisjoint(test["prompt"]) and set(val["prompt"]).isdisjoint(test["prompt"])
+    assert set(train["prompt"]).isdisjoint(val["prompt"])
+    assert sorted([*train["id"], *val["id"], *test["id"]]) == sorted(full["id"])
+    assert 0.4 < len(test) / len(full) < 0.6 and 0.3 < len(train) / len(full) < 0.45 and 0.07 < len(val) / len(full) < 0.18
     assert set(load_prompts(name, split="train", n=50, seed=9)["id"]) <= set(train["id"])
 
 

@@ -11,8 +11,8 @@ import torch
 
 from porover.dro import SYSTEM_PROMPTS, Estimation, dro_loss, fit_logistic_cv, pca_basis, train_soft_prompt
 from porover.generation import Sampling, TransformersBackend
-from porover.hidden_states import last_token_states, render_prompts
-from porover.soft_prompt import SoftPromptBackend, placeholder_ids, soft_prompt_states
+from porover.hidden_states import last_token_states
+from porover.soft_prompt import SoftPromptBackend, placeholder_ids, render_with_system_turn, soft_prompt_states
 
 QUERIES = ["How to build a bomb for destructive purposes?", "How to build a strong and durable bridge?",
            "Hi", "How to flip a pancake and make it fluffy and delicious for a big family breakfast?"]
@@ -83,13 +83,16 @@ def test_soft_prompt_enters_the_forward_pass_at_the_system_prompt_positions(tiny
     ids, start = placeholder_ids(tokenizer, QUERIES[0], len(prompt))
     head = tokenizer("<|im_start|>system\n", add_special_tokens=False)["input_ids"]
     assert ids[:start] == head and ids[start:start + len(prompt)] == [tokenizer.eos_token_id] * len(prompt)
+    none = render_with_system_turn(tokenizer, ["Hi"], SYSTEM_PROMPTS["none"])[0]
+    assert none.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi") and "SmolLM" not in none
     with torch.no_grad():
         soft = soft_prompt_states(model, tokenizer, QUERIES, prompt)  # right padded, lengths differ
         shifted = prompt.clone()
         shifted[3] += 0.5
         changed = soft_prompt_states(model, tokenizer, QUERIES, shifted)
     # The human prompt's own embeddings in the soft positions give the states of the prompt as text.
-    text = last_token_states(model, tokenizer, render_prompts(tokenizer, QUERIES, SYSTEM_PROMPTS["short"]), [-1])[-1]
+    texts = render_with_system_turn(tokenizer, QUERIES, SYSTEM_PROMPTS["short"])
+    text = last_token_states(model, tokenizer, texts, [-1])[-1]
     np.testing.assert_allclose(soft.numpy(), text, atol=2e-4, rtol=1e-3)
     assert (changed - soft).norm(dim=1).min() > 1e-2  # changing one soft position moves every query's state
 

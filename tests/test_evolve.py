@@ -351,7 +351,7 @@ from test_openai_backend import server  # noqa: E402,F401  (the loopback `transf
 
 def test_evolved_sets_wire_into_evaluation_and_preference_data(tmp_path):
     from porover.run_file import load_run_params
-    from porover.stages.preference_data import hold_out
+    from porover.splits import hold_out
     from porover.store import write_jsonl
 
     text = """stages:
@@ -383,7 +383,7 @@ def test_evolved_sets_wire_into_evaluation_and_preference_data(tmp_path):
                 [{**shared, "id": "evo-b", "prompt": shared["prompt"].upper()},
                  {**shared, "id": "evo-c", "prompt": "With the abortion debate, what is a bank?"}])
     resolved = run.resolve("preference_data", tmp_path / "out")
-    from porover.stages.preference_data import load_sets
+    from porover.splits import load_sets
 
     kept, dropped = hold_out(load_sets(resolved["prompts"], 0, "over_refusal"), resolved["eval_sets"], 0)
     assert [r["id"] for r in kept] == ["evo-c"] and [r["id"] for r in dropped] == ["evo-b"]

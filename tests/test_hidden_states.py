@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from porover.hidden_states import last_token_states, render_prompts
+from porover.generation.sampling import render_prompts
+from porover.hidden_states import last_token_states
 
 PROMPTS = ["How do I kill a Python process?", "Hi",
            "Write a long and detailed plan for a birthday party with games, food and music for ten children."]
@@ -16,7 +17,7 @@ def test_padded_batch_matches_unpadded_forward(tiny_model):
     model, tokenizer = tiny_model
     texts = render_prompts(tokenizer, PROMPTS)
     layers = [0, 15, model.config.num_hidden_layers, -1]
-    states = last_token_states(model, tokenizer, texts, layers, batch_size=3)
+    states = last_token_states(model, tokenizer, texts, layers, batch_size=2)  # two batches, lengths sorted
     assert tokenizer.padding_side == "left"
     lengths = {len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts}
     assert len(lengths) == 3  # the batch really pads
@@ -29,15 +30,6 @@ def test_padded_batch_matches_unpadded_forward(tiny_model):
             np.testing.assert_allclose(states[layer][i], direct[layer][0, -1].numpy(), atol=2e-4, rtol=1e-3)
     # the last prompt token is the generation prompt's newline, not a pad: the rows differ
     assert not np.allclose(states[15][0], states[15][1])
-
-
-def test_render_prompts_system_prompt(tiny_model):
-    _, tokenizer = tiny_model
-    default, = render_prompts(tokenizer, ["Hi"])
-    empty, = render_prompts(tokenizer, ["Hi"], system_prompt="")
-    own, = render_prompts(tokenizer, ["Hi"], system_prompt="Be safe.")
-    assert "SmolLM" in default and "SmolLM" not in empty and "Be safe." in own
-    assert default.endswith("assistant\n")
 
 
 def test_layer_out_of_range(tiny_model):

@@ -9,7 +9,9 @@ import pytest
 
 from porover.run_file import load_run_params
 from porover.stages.preference_data import PreferenceDataParams
-from porover.stages.preference_data import FUNNEL, build_pairs, empty_message, filter_by_ches, hold_out, load_sets, normalise
+from porover.preference_pairs import FUNNEL, build_pairs, refusal_shares
+from porover.splits import hold_out, load_sets, normalise
+from porover.stages.preference_data import empty_message
 from porover.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,99 +32,15 @@ def teacher(pid, labels, p_safe=None):
 R, C, P = "full_refusal", "full_compliance", "partial_refusal"
 
 
-def test_tau_boundary_is_inclusive_and_unparseable_samples_are_left_out():
-    student = (samples("half", [R, C, R, C])          # share 0.5 == τ: a candidate
-               + samples("below", [R, C, C, C])       # 0.25 < τ
-               + samples("unparsed", [R, None, None, C])  # 1 refusal of 2 parsed = 0.5: a candidate
-               + samples("none", [None, None]))       # nothing parsed
-    compliant = [t for pid in ("half", "below", "unparsed") for t in teacher(pid, [C])]
-    pairs, counts = build_pairs(student, compliant, containment_threshold=0.5)
-    assert sorted(p["id"] for p in pairs) == ["half", "unparsed"]
-    assert counts["prompts sampled"] == 4 and counts["with parsed samples"] == 3
-    assert counts["candidates (share >= τ)"] == 2 and counts["unparseable samples"] == 4
-    unparsed = next(p for p in pairs if p["id"] == "unparsed")
-    assert unparsed["refusal_share"] == 0.5 and unparsed["parsed"] == 2 and unparsed["k"] == 4
-    assert unparsed["rejected"] == "unparsed student 0 full_refusal" and unparsed["chosen"] == "unparsed teacher 0 full_compliance"
-    assert all(p["kind"] == "over_refusal" and p["rejected_verdict"] == R for p in pairs)
-    assert build_pairs(student, compliant, containment_threshold=0.51)[1]["candidates (share >= τ)"] == 0
-
-
-def test_partial_refusals_count_by_parameter_and_full_refusals_are_rejected_first():
-    student = samples("a", [P, P, R, C])
-    pairs, _ = build_pairs(student, teacher("a", [C]), containment_threshold=0.75)
-    assert pairs[0]["rejected_verdict"] == R and pairs[0]["refusal_share"] == 0.75
-    assert not build_pairs(student, teacher("a", [C]), 0.75, partial_is_refusal=False)[0]
-
-
-def test_no_compliant_teacher_completion_and_the_safety_threshold():
-    student = samples("a", [R, R]) + samples("b", [R, R]) + samples("c", [R, R])
-    completions = (teacher("a", [R, P])                       # no compliance
-                   + teacher("b", [C, C], p_safe=[0.2, 0.9])  # one safe enough
-                   + teacher("c", [C], p_safe=[0.49]))        # compliant, unsafe
-    pairs, counts = build_pairs(student, completions, containment_threshold=1.0, min_p_safe=0.5)
-    assert [p["id"] for p in pairs] == ["b"] and pairs[0]["chosen_sample_index"] == 1 and pairs[0]["chosen_p_safe"] == 0.9
-    assert counts["with a compliant teacher completion"] == 2 and counts["with a safe compliant completion"] == 1
-    unjudged = build_pairs(student, completions, containment_threshold=1.0, min_p_safe=None)[0]
-    assert sorted(p["id"] for p in unjudged) == ["b", "c"]  # no safety judge: compliance assumed safe
-    none_safe, counts = build_pairs(student, completions, containment_threshold=1.0, min_p_safe=0.95)
-    assert not none_safe
-    message = empty_message(counts, PreferenceDataParams(safety_judge="llama_guard", min_p_safe=0.95), {}, 0)
-    assert "'with a safe compliant completion'" in message and "min_p_safe" in message
-
-
-def test_choices_are_deterministic_by_seed():
-    student = samples("a", [R, R, R, R, C])
-    completions = teacher("a", [C, C, C, C])
-    runs = [build_pairs(student, completions, 0.5, seed=seed)[0][0] for seed in (0, 0, 1, 2, 3)]
-    assert runs[0] == runs[1]
-    assert len({(r["chosen"], r["rejected"]) for r in runs}) > 1
-
-
-def test_safety_anchor_ratio_and_sources():
-    benign = [s for i in range(4) for s in samples(f"b{i}", [R, R])]
-    completions = [t for i in range(4) for t in teacher(f"b{i}", [C])]
-    anchors = []
-    for i in range(6):  # toxic prompts: student refuses once and complies once
-        anchors += [{**s, "origin": "student", "p_safe": None} for s in samples(f"t{i}", [R, C], prompt=f"toxic {i}")]
-    anchors += [{"source": "s", "id": "ref", "prompt": "toxic ref", "sample_index": -1, "response": "I can't.",
-                 "refusal": R, "origin": "reference", "p_safe": None},
-                {"source": "s", "id": "ref", "prompt": "toxic ref", "sample_index": 0, "response": "Sure: ...",
-                 "refusal": C, "origin": "student", "p_safe": None},
-                {"source": "s", "id": "safe_only", "prompt": "toxic", "sample_index": 0, "response": "No.",
-                 "refusal": R, "origin": "student", "p_safe": None}]  # no compliance: no anchor
-    pairs, counts = build_pairs(benign, completions, 0.5, anchors=anchors, anchor_ratio=0.5)
-    kinds = [p["kind"] for p in pairs]
-    assert kinds.count("over_refusal") == 4 and kinds.count("safety_anchor") == 2
-    assert counts["toxic prompts with an anchor pair"] == 7 and counts["safety anchor pairs"] == 2
-    everything = build_pairs(benign, completions, 0.5, anchors=anchors, anchor_ratio=10)[0]
-    ref = next(p for p in everything if p["id"] == "ref")
-    assert ref["chosen"] == "I can't." and ref["chosen_origin"] == "reference" and ref["rejected"] == "Sure: ..."
-    assert all(p["chosen_verdict"] == R and p["rejected_verdict"] == C for p in everything if p["kind"] == "safety_anchor")
-    # with a safety judge, the rejected compliance must be judged unsafe
-    judged = [{**a, "p_safe": 0.9 if a["refusal"] == R else 0.8} for a in anchors]
-    assert not [p for p in build_pairs(benign, completions, 0.5, 0.5, anchors=judged, anchor_ratio=10)[0]
-                if p["kind"] == "safety_anchor"]
-
-
 def test_empty_result_names_the_filter_and_what_to_change():
     student = samples("a", [C, C, R, C])
     pairs, counts = build_pairs(student, [], containment_threshold=0.5)
     assert not pairs and list(counts)[:len(FUNNEL)] == list(FUNNEL)
-    from porover.stages.preference_data import refusal_shares
-
     message = empty_message(counts, PreferenceDataParams(containment_threshold=0.5), refusal_shares(student), 0)
     assert "'candidates (share >= τ)'" in message and "τ=0.5" in message and "highest refusal share 0.25" in message
     assert "raise k" in message
     pairs, counts = build_pairs(samples("a", [R]), teacher("a", [R]), 0.5)
     assert "teacher_samples" in empty_message(counts, PreferenceDataParams(), {}, 0)
-
-
-def test_ches_quantile_keeps_the_lowest_per_kind():
-    pairs = [{"kind": "over_refusal", "ches_normalized": v} for v in (1.0, 2.0, 3.0, 4.0)]
-    pairs += [{"kind": "safety_anchor", "ches_normalized": v} for v in (10.0, 20.0)]
-    kept = filter_by_ches(pairs, 0.5)
-    assert [p["ches_normalized"] for p in kept] == [1.0, 2.0, 10.0]
-    assert filter_by_ches(pairs, None) == pairs
 
 
 def test_training_prompts_are_checked_against_the_evaluation_sets():
@@ -248,25 +166,45 @@ def test_empty_teacher_completions_are_never_chosen_and_truncated_ones_on_reques
     assert summary["counts"]["teacher completions dropped: empty"] == 3
 
 
-def test_an_empty_teacher_completion_is_never_chosen_by_build_pairs():
-    student = samples("a", [R, R])
-    completions = teacher("a", [C, C])
-    completions[0]["response"] = "   "
-    for seed in range(8):
-        pairs, _ = build_pairs(student, completions, 0.5, seed=seed)
-        assert pairs[0]["chosen_sample_index"] == 1
-    completions[1]["response"] = ""
-    assert build_pairs(student, completions, 0.5)[1]["with a compliant teacher completion"] == 0
 
 
-def test_an_empty_student_refusal_is_never_a_chosen_safety_anchor():
-    from porover.stages.preference_data import anchor_candidates
+def test_anchors_come_from_another_models_compliance_on_the_real_model(tmp_path):
+    """Anchors whose rejected side is another model's compliance: read from an evaluation's responses (known
+    text, matched by normalised prompt) or sampled from the base model for real (stored: a re-run samples
+    nothing); chosen = the recorded teacher's refusal."""
+    from porover.generation import Sampling
+    from porover.splits import load_sets
+    from porover.stages.preference_data import anchor_model_samples, run_preference_data
+    from porover.store import write_jsonl
 
-    rows = [{"source": "s", "id": "t", "prompt": "toxic", "sample_index": 0, "response": "", "refusal": R,
-             "origin": "student", "p_safe": None},
-            {"source": "s", "id": "t", "prompt": "toxic", "sample_index": 1, "response": "Sure: ...", "refusal": C,
-             "origin": "student", "p_safe": None}]
-    assert anchor_candidates(rows, None, True, 0) == []  # the only refusal is empty: no pair
-    reference = {**rows[0], "sample_index": -1, "response": "I can't help with that.", "origin": "reference"}
-    [pair] = anchor_candidates(rows + [reference], None, True, 0)
-    assert pair["chosen"] == "I can't help with that." and pair["chosen_origin"] == "reference"
+    toxic = [{**r, "kind": "safety_anchor"} for r in load_sets({"saferpaca_safety": 2}, seed=0)]
+    responses = tmp_path / "evaluate_base" / "responses.jsonl"
+    write_jsonl(responses, [{"prompt": r["prompt"].upper() + "  ", "response": f"Sure, here is how: step 1 ({i})"}
+                            for i, r in enumerate(toxic)] + [{"prompt": "an unrelated prompt", "response": "Sure."}])
+    values = {"prompts": {"or_bench_hard:train": 2}, "eval_sets": {}, "k": 1, "max_new_tokens": 8,
+              "refusal_judge": "xstest_string_match", "containment_threshold": 0.5, "teacher_samples": 2,
+              "teacher_max_new_tokens": 8, "safety_anchor_sets": {"saferpaca_safety": 2}, "safety_anchor_ratio": 10,
+              "anchor_chosen": "reference", "ches": False, "run_dir": str(tmp_path), "stage_name": "pd",
+              "device": "cpu", "anchor_rejected_from": str(responses)}
+    params = PreferenceDataParams.from_namespace(values, "test")
+    sampling = Sampling(max_new_tokens=8, temperature=0.7, seed=0)
+    read = anchor_model_samples(params, toxic, sampling)
+    assert [(r["id"], r["response"], r["origin"]) for r in read] == [
+        (toxic[0]["id"], "Sure, here is how: step 1 (0)", "anchor_model"), (toxic[1]["id"], "Sure, here is how: step 1 (1)",
+                                                                           "anchor_model")]
+    try:
+        run_preference_data(params)
+    except ValueError as error:  # no over-refusal pair at 8 tokens is possible; the anchors are what is under test
+        assert "no over-refusal pair" in str(error)
+    summary = json.loads((tmp_path / "pd" / "summary.json").read_text())
+    anchors = [p for p in read_jsonl(tmp_path / "pd" / "scored_pairs.jsonl") if p["kind"] == "safety_anchor"]
+    assert summary["counts"]["toxic prompts with an anchor pair"] == 2  # every toxic prompt has a rejected side
+    assert all(p["chosen_origin"] == "reference" and p["chosen"] == t["reference_response"] for p, t in
+               zip(sorted(anchors, key=lambda p: p["id"]), sorted(toxic, key=lambda t: t["id"])))
+    assert all(p["rejected_origin"] in ("student", "anchor_model") for p in anchors)
+    # the base model as the source: sampled for real, k per prompt, stored (a second call samples nothing)
+    base = PreferenceDataParams.from_namespace({**values, "anchor_rejected_from": "smollm2-135m-instruct"}, "test")
+    sampled = anchor_model_samples(base, toxic, sampling)
+    assert len(sampled) == 2 and all(r["origin"] == "anchor_model" and r["response"] for r in sampled)
+    assert len(read_jsonl(tmp_path / "pd" / "anchor_model_samples.jsonl")) == 2
+    assert anchor_model_samples(base, toxic, sampling) == sampled

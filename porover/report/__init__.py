@@ -51,6 +51,30 @@ def _stage_pages(run_dir: Path, label: str, folder: Path, code: bool) -> list[di
     return records
 
 
+def _sweep_section(run_dir: Path, label: str) -> str:
+    """Every variant of the run's sweep in one table and on one frontier, each number with its split."""
+    from porover.variants import frontier_figure, variant_table
+
+    table = variant_table(run_dir)
+    if table.empty:
+        return ""
+    import json
+
+    from porover.stages.analysis import sweep_tables
+
+    shown = table.drop(columns=[c for c in table if c.endswith(("_low", "_high"))]).round(1)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    titles = {title: keys for stage, kind in manifest.get("types", {}).items() if kind == "analysis"
+              for title, keys in (manifest.get("params", {}).get(stage, {}).get("tables") or {}).items()}
+    paper = "".join(f"<h4>{html.escape(title)}</h4>" + layout.to_html(classes="headline", na_rep="–")
+                    for title, layout in sweep_tables(run_dir, titles).items())
+    return (f"<h3>Sweep: {len(set(table['variant']))} variants</h3><p class='muted'>Overall safety, usefulness and F1 "
+            "(%) of every evaluation a variant changes; <b>split</b> says which prompts each number comes from: "
+            "choose on <i>validation</i>, report <i>test</i>.</p>" + shown.to_html(classes="headline", index=False,
+                                                                                  na_rep="–")
+            + figure_html(frontier_figure(table).update_layout(title=f"Sweep frontier: {label}")) + paper)
+
+
 def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) -> tuple[str, pd.DataFrame | None]:
     from porover.stages import analysis
 
@@ -67,6 +91,7 @@ def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) ->
         parts.append(headline_table(run_dir).to_html(classes="headline", na_rep="–"))
     except ValueError as error:
         parts.append(f"<p>No evaluation results: {escape(str(error))}</p>")
+    parts.append(_sweep_section(run_dir, label))
     timings = analysis.stage_timings(run_dir) if (run_dir / "manifest.json").exists() else pd.DataFrame()
     links = {s["stage"]: s for s in stages}
     rows = []

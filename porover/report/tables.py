@@ -36,6 +36,7 @@ def headline_text(run_dir: str | Path, width: int = 100) -> str:
     """The headline numbers for a terminal: overall safety, usefulness and F1 with 95% intervals per stage,
     then F1 per benchmark; lines fit in ``width`` columns."""
     table = analysis.stage_metrics(run_dir)
+    table = table.assign(stage=analysis.split_labels(table))
     overall = table[table["group"] == "overall"]
     benchmarks = [g for g in dict.fromkeys(table["group"]) if g != "overall"]
     judge = overall["judge"].dropna().iloc[0] if overall["judge"].notna().any() else "?"

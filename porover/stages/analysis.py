@@ -22,13 +22,18 @@ class AnalysisParams(StageParams):
     stages: list[str] = param([], "evaluation stages to compare, in order ([] = every evaluation stage of the run)")
     compare: list[str] = param([], "two stages whose responses to diff, before then after ([] = first and last)")
     partial_is_refusal: bool = param(True, "count partial refusals as refusals when diffing responses")
+    tables: dict[str, list[str]] = param({}, "paper-shaped tables of a sweep: title -> the swept stage.param keys "
+                                         "whose variants are its rows, beside the file as written")
     run_dir: str = param("outputs/demo", "the run folder to analyse; this stage writes under run_dir/stage_name")
     stage_name: str = param("analysis", "name of this stage in the run")
 
     def problems(self, where: str) -> list[str]:
+        errors = [f"{where}.tables.{title}: expected a list of swept stage.param keys, got {keys!r}"
+                  for title, keys in self.tables.items()
+                  if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and "." in k for k in keys)]
         if len(self.compare) not in (0, 2):
-            return [f"{where}.compare: expected two stage names (before, after) or [], got {self.compare}"]
-        return []
+            errors.append(f"{where}.compare: expected two stage names (before, after) or [], got {self.compare}")
+        return errors
 
 
 def evaluation_stages(run_dir: str | Path) -> list[str]:
@@ -70,6 +75,7 @@ def stage_metrics(run_dir: str | Path, stages: list[str] | None = None) -> pd.Da
             table = metrics_table(metrics, level)
             table.insert(0, "stage", stage)
             table["model"], table["judge"] = metrics.get("model"), metrics.get("judge")
+            table["split"] = metrics.get("split", "test")  # evaluations from before splits were test ones
             tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
@@ -132,9 +138,18 @@ def with_refusal_token_curves(figure: go.Figure, run_dirs: dict[str, str | Path]
     return figure
 
 
+def split_labels(table: pd.DataFrame) -> pd.Series:
+    """Stage names, each with ``(validation)`` or ``(test)`` once the table holds any validation numbers,
+    so no number is read without the split it comes from."""
+    if "split" not in table or not (table["split"] == "validation").any():
+        return table["stage"]
+    return table["stage"] + " (" + table["split"] + ")"
+
+
 def paper_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """The paper's layout of a `stage_metrics` table: one row per stage, columns (benchmark, metric) with
-    each cell ``value [low, high]`` (%), the pooled ``overall`` group first."""
+    each cell ``value [low, high]`` (%), the pooled ``overall`` group first; with validation numbers in
+    the table, each row names its split."""
     import pandas as pd
 
     def cell(row: pd.Series, metric: str) -> str:
@@ -145,6 +160,7 @@ def paper_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
         return f"{row[metric]:.{digits}f}{interval}"
 
     groups = ["overall"] + [g for g in dict.fromkeys(table["group"]) if g != "overall"]
+    table = table.assign(stage=split_labels(table))
     stages = list(dict.fromkeys(table["stage"]))
     columns = pd.MultiIndex.from_product([groups, ["safety", "usefulness", "f1"]], names=["benchmark", "metric"])
     layout = pd.DataFrame(index=pd.Index(stages, name="stage"), columns=columns, dtype=object)
@@ -152,6 +168,33 @@ def paper_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
         for metric in ("safety", "usefulness", "f1"):
             layout.loc[row["stage"], (row["group"], metric)] = cell(row, metric)
     return layout.fillna("–")
+
+
+def sweep_tables(run_dir: str | Path, tables: dict[str, list[str]]) -> dict[str, pd.DataFrame]:
+    """The paper's tables from a sweep: per title and per evaluation its variants change, one row per variant
+    set only by the title's keys, plus the file as written, in the layout of `paper_table`.
+
+    Args:
+        run_dir: The run folder.
+        tables: Title -> swept ``stage.param`` keys (e.g. ``{"Added safety data": ["overgenerate.toxic_prompts"]}``).
+
+    Returns:
+        ``{"<title>: <evaluation>": table}``; rows are named by the values that set them.
+    """
+    from porover.variants import variant_table
+
+    sweep, found = variant_table(run_dir), {}
+    for title, keys in tables.items():
+        for evaluation in dict.fromkeys(sweep["evaluation"]) if len(sweep) else []:
+            rows = sweep[sweep["evaluation"] == evaluation]
+            others = [c for c in rows if "." in c and c not in keys]
+            mine = rows[rows[others].isna().all(axis=1)] if others else rows
+            if not mine[[k for k in keys if k in mine]].notna().any().any():
+                continue  # none of this table's variants changes this evaluation
+            metrics = stage_metrics(run_dir, list(mine["stage"]))
+            metrics["stage"] = metrics["stage"].map(dict(zip(mine["stage"], mine["variant"])))
+            found[f"{title}: {evaluation}"] = paper_table(metrics)
+    return found
 
 
 def training_logs(run_dir: str | Path) -> dict[str, list[dict]]:

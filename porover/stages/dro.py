@@ -89,9 +89,9 @@ class SystemTurnBackend(TransformersBackend):
     """Renders the system turn even when it is empty: "none" must not become SmolLM2's default system prompt."""
 
     def render(self, prompt: str, sampling: Sampling) -> str:
-        from porover.hidden_states import render_prompts
+        from porover.soft_prompt import render_with_system_turn
 
-        return render_prompts(self.tokenizer, [prompt], sampling.system_prompt or "")[0]
+        return render_with_system_turn(self.tokenizer, [prompt], sampling.system_prompt or "")[0]
 
 
 def query_rows(params: DROParams) -> list[dict]:
@@ -120,13 +120,14 @@ class _Model:
 
 def human_states(params: DROParams, lazy: _Model, rows: list[dict], condition: str) -> np.ndarray:
     """Last-token final-layer states under a human condition (the prompt as text), cached by content."""
-    from porover.hidden_states import last_token_states, render_prompts
+    from porover.hidden_states import last_token_states
+    from porover.soft_prompt import render_with_system_turn
 
     key = digest_of([model_digest(params.model), SYSTEM_PROMPTS[condition], [row["prompt"] for row in rows]])
     path = params.stage_dir / "states" / f"{condition}-{key}.npy"
     if not path.is_file():
         model, tokenizer = lazy.get()
-        texts = render_prompts(tokenizer, [row["prompt"] for row in rows], SYSTEM_PROMPTS[condition])
+        texts = render_with_system_turn(tokenizer, [row["prompt"] for row in rows], SYSTEM_PROMPTS[condition])
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, last_token_states(model, tokenizer, texts, [-1], params.batch_size)[-1])
     return np.load(path)

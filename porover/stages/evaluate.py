@@ -46,6 +46,8 @@ class EvaluateParams(StageParams):
         "and [respond])", ge=0, le=1)
     refusal_token_temperature: float = param(1.0, "refusal-token models: softmax temperature of that P", gt=0)
     refusal_token_controlled: list[str] = param([], "category-token models: the tokens the threshold controls ([] = all)")
+    split: str = param("test", "what these prompts are for: test (reported) or validation (sweeps choose on it; "
+                       "never a test or training prompt)", choices=("test", "validation"))
     stage_name: str = param("evaluate", "name of this stage in the run")
 
     def problems(self, where: str) -> list[str]:
@@ -156,7 +158,7 @@ def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
     options = {"partial_is_refusal": params.partial_is_refusal, "bootstrap_samples": params.bootstrap_samples,
                "seed": params.seed, "unparseable": params.unparseable}
     metrics = compute_metrics(rows, judge=params.judges[0], **options)
-    metrics["model"], metrics["judge"] = params.model, params.judges[0]
+    metrics["model"], metrics["judge"], metrics["split"] = params.model, params.judges[0], params.split
     if steering := steering_of(params):
         from porover.refusal_tokens import agreement
 

@@ -137,7 +137,7 @@ class EvolveParams(StageParams, EndpointParams):
 
 def load_seeds(params: EvolveParams) -> tuple[list[dict], list[dict]]:
     """The seed rows, and those dropped because their text is in an ``exclude`` set."""
-    from porover.stages.preference_data import hold_out, load_sets
+    from porover.splits import hold_out, load_sets
 
     return hold_out(load_sets(params.seeds, params.seed, "seed"), params.exclude, params.seed, "drop")
 

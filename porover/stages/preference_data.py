@@ -8,7 +8,9 @@
    with a safety judge, P(safe) >= ``min_p_safe``; rejected = one of the student's refusals. An empty
    completion is never chosen, nor, with ``drop_truncated``, one cut off by the token budget (both counted).
 4. Optional safety anchors on toxic prompts: chosen = a safe refusal (the student's, else the dataset's
-   reference response), rejected = an unsafe compliance of the student.
+   reference response; or the reference alone), rejected = an unsafe compliance of the student, or of
+   another model of the run (``anchor_rejected_from``, e.g. the base model, which complies with almost
+   everything), so anchors exist even when the student rarely complies. Pairs: `porover.preference_pairs`.
 5. CHES (`porover.ches`) of every pair under the student; optionally keep pairs below a CHES quantile.
 
 Student samples, teacher completions and CHES scores live in append-only stores, so a killed run resumes
@@ -18,21 +20,21 @@ and a finished run loads no model. Choices among samples are seeded per prompt, 
 from __future__ import annotations
 
 import json
-import random
-import re
-import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from porover.config import EndpointParams, StageParams, param
-from porover.data import load_rows, prompt_set_errors, split_name
+from porover.data import prompt_set_errors, split_name
 from porover.digests import digest_of
 from porover.generation import Sampling, completion_key, make_backend, sample_completions
 from porover.judges import DEFAULT_JUDGE, judge_errors, safety_judge_errors
 from porover.models import model_errors
+from porover.preference_pairs import FUNNEL, OTHER_MODEL, STUDENT_FIRST, build_pairs, filter_by_ches, refusal_shares
+from porover.splits import hold_out, load_sets, normalise
 from porover.stages.overgenerate import teacher_errors
-from porover.store import JsonlStore, write_jsonl
+from porover.store import JsonlStore, read_jsonl, write_jsonl
+from porover.sweeps import file_stage
 from porover.selection import is_empty, is_truncated, usable
-from porover.vocabulary import is_refusal
 
 NOTEBOOK = "04_preference_data.ipynb"
 OUTPUTS = ("pairs.jsonl",)  # what ``stage:NAME`` stands for
@@ -85,6 +87,12 @@ class PreferenceDataParams(StageParams, EndpointParams):
     safety_anchor_sets: dict[str, int | None] = param({}, "toxic prompt sets for safety-anchor pairs ({} = none)",
                                                       input=True)
     safety_anchor_ratio: float = param(0.25, "safety-anchor pairs per over-refusal pair", ge=0)
+    anchor_chosen: str = param("student", "anchors' chosen refusal: student (its safe refusals, else the dataset's "
+                               "reference response) or reference (the recorded teacher's only)",
+                               choices=("student", "reference"))
+    anchor_rejected_from: str = param("", "another model whose unsafe compliances may be the anchors' rejected side "
+                                      "when the student has none (e.g. the base model), or stage:NAME of an evaluation "
+                                      "on the anchor prompts ('' = the student's own only)", input=True)
     ches: bool = param(True, "compute CHES (Razin et al.) of every pair under the student")
     ches_score: str = param("ches_normalized", "score for the quantile filter", choices=("ches", "ches_normalized"))
     ches_quantile: float | None = param(None, "keep pairs at or below this CHES quantile, per kind (null = all)",
@@ -109,170 +117,19 @@ class PreferenceDataParams(StageParams, EndpointParams):
         if self.teacher_samples > 1 and self.teacher_temperature == 0 and not self.teacher.startswith("recorded:"):
             errors.append(f"{where}.teacher_temperature: greedy decoding makes all {self.teacher_samples} teacher "
                           "completions the same; set it > 0")
+        if self.anchor_rejected_from and not self.safety_anchor_sets:
+            errors.append(f"{where}.anchor_rejected_from: anchors need safety_anchor_sets (toxic prompts)")
+        elif self.anchor_rejected_from.endswith(".jsonl"):  # an evaluation's responses (stage:NAME, resolved)
+            if not Path(self.anchor_rejected_from).expanduser().is_file():
+                errors.append(f"{where}.anchor_rejected_from: no such responses file {self.anchor_rejected_from}")
+        elif self.anchor_rejected_from and not self.anchor_rejected_from.startswith("stage:"):
+            errors += model_errors(self.anchor_rejected_from, f"{where}.anchor_rejected_from")
         if self.ches_quantile is not None and not self.ches:
             errors.append(f"{where}.ches_quantile: filtering by CHES needs ches: true")
         return errors + self.endpoint_problems(where)
 
     def environment_problems(self, where: str) -> list[str]:
         return self.key_problems(where, [] if self.teacher.startswith("recorded:") else [self.backend])
-
-FUNNEL = ("prompts sampled", "with parsed samples", "candidates (share >= τ)", "with a compliant teacher completion",
-          "with a safe compliant completion", "pairs")
-
-
-def load_sets(sets: dict[str, int | None], seed: int, kind: str | None = None) -> list[dict]:
-    """Prompt rows of every ``name[:split] -> n`` set, subsampled by ``seed``, without duplicates."""
-    rows = {}
-    for spec, n in sets.items():
-        name, split = split_name(spec)
-        for row in load_rows(name, n=n, seed=seed, split=split):
-            rows.setdefault((row["source"], row["id"]), {
-                **{k: row[k] for k in ("id", "prompt", "label", "category", "source")},
-                "reference_response": row.get("reference_response"), "kind": kind})
-    return list(rows.values())
-
-
-def normalise(text: str) -> str:
-    """Text for overlap checks: Unicode-normalised, lower-cased, punctuation and spacing collapsed."""
-    return " ".join(re.sub(r"[^\w\s]", " ", unicodedata.normalize("NFKC", text).lower()).split())
-
-
-def hold_out(rows: list[dict], eval_sets: dict[str, int | None], seed: int, on_overlap: str = "drop") -> tuple[list[dict], list[dict]]:
-    """Rows whose prompt is in none of the evaluation sets, and the dropped ones.
-
-    Raises:
-        ValueError: ``on_overlap == "fail"`` and some prompt is also an evaluation prompt.
-    """
-    held = {normalise(r["prompt"]) for r in load_sets(eval_sets, seed)} if eval_sets else set()
-    kept = [r for r in rows if normalise(r["prompt"]) not in held]
-    dropped = [r for r in rows if normalise(r["prompt"]) in held]
-    if dropped and on_overlap == "fail":
-        raise ValueError(f"{len(dropped)} training prompt(s) also appear in the evaluation sets {list(eval_sets)}, "
-                         f"e.g. {dropped[0]['source']}/{dropped[0]['id']}: {dropped[0]['prompt'][:80]!r}; use a "
-                         "train split (e.g. 'or_bench_hard:train'), or on_eval_overlap: drop")
-    return kept, dropped
-
-
-def refusal_shares(samples: list[dict], partial_is_refusal: bool = True) -> dict[tuple, dict]:
-    """Per (source, id): samples, parsed samples, refusals and their share among parsed samples (None if none)."""
-    shares: dict[tuple, dict] = {}
-    for s in samples:
-        entry = shares.setdefault((s["source"], s["id"]), {"samples": 0, "parsed": 0, "refusals": 0})
-        entry["samples"] += 1
-        refused = is_refusal(s["refusal"], partial_is_refusal)
-        entry["parsed"] += refused is not None
-        entry["refusals"] += bool(refused)
-    for entry in shares.values():
-        entry["share"] = entry["refusals"] / entry["parsed"] if entry["parsed"] else None
-    return shares
-
-
-def _is_safe(row: dict, min_p_safe: float | None) -> bool:
-    return min_p_safe is None or (row.get("p_safe") is not None and row["p_safe"] >= min_p_safe)
-
-
-def _pick(rows: list[dict], seed: int, key: tuple) -> dict:
-    """A seeded choice per prompt: full refusals before partial ones, then at random."""
-    best = [r for r in rows if r["refusal"] == "full_refusal"] or rows
-    return random.Random(f"{seed}/{key}").choice(sorted(best, key=lambda r: (r.get("origin", ""), r["sample_index"])))
-
-
-def build_pairs(student: list[dict], teacher: list[dict], containment_threshold: float, min_p_safe: float | None = None,
-                partial_is_refusal: bool = True, seed: int = 0, anchors: list[dict] = (),
-                anchor_ratio: float = 0.0) -> tuple[list[dict], dict]:
-    """Preference pairs from judged samples (pure: no model, no files).
-
-    Args:
-        student: The student's samples on benign prompts: ``source, id, prompt, sample_index, response, refusal``
-            (a class, or None when the judge could not parse it).
-        teacher: Teacher completions for candidates: the same keys plus ``p_safe`` (None = not judged).
-        containment_threshold: τ; a prompt is a candidate when refusals / parsed samples >= τ.
-        min_p_safe: P(safe) a chosen (and, for anchors, a refusal) needs; None = no safety judge, every
-            compliance to a benign prompt is assumed safe and every compliance to a toxic prompt unsafe.
-        partial_is_refusal: Count partial refusals as refusals.
-        seed: Seed of the per-prompt choices.
-        anchors: Judged responses to toxic prompts (``origin`` "student" or "reference", with ``p_safe``).
-        anchor_ratio: Safety-anchor pairs per over-refusal pair (at most as many as the anchors allow).
-
-    Returns:
-        ``(pairs, counts)``: pairs with provenance, and how many prompts passed each filter (`FUNNEL`).
-    """
-    shares = refusal_shares(student, partial_is_refusal)
-    by_prompt: dict[tuple, list[dict]] = {}
-    for row in teacher:
-        by_prompt.setdefault((row["source"], row["id"]), []).append(row)
-    counts = dict.fromkeys(FUNNEL, 0)
-    counts["prompts sampled"] = len(shares)
-    counts["unparseable samples"] = sum(s["refusal"] is None for s in student)
-    pairs = []
-    for key, entry in shares.items():
-        counts["with parsed samples"] += entry["parsed"] > 0
-        if entry["share"] is None or entry["share"] < containment_threshold:
-            continue
-        counts["candidates (share >= τ)"] += 1
-        compliant = [t for t in by_prompt.get(key, []) if t["refusal"] == "full_compliance" and not is_empty(t)]
-        counts["with a compliant teacher completion"] += bool(compliant)
-        safe = [t for t in compliant if _is_safe(t, min_p_safe)]
-        counts["with a safe compliant completion"] += bool(safe)
-        if not safe:
-            continue
-        refusals = [s for s in student if (s["source"], s["id"]) == key and is_refusal(s["refusal"], partial_is_refusal)]
-        chosen, rejected = random.Random(f"{seed}/{key}").choice(safe), _pick(refusals, seed, key)
-        pairs.append({"prompt": rejected["prompt"], "chosen": chosen["response"], "rejected": rejected["response"],
-                      "kind": "over_refusal", "source": key[0], "id": key[1], "category": rejected.get("category"),
-                      "refusal_share": entry["share"], "k": entry["samples"], "parsed": entry["parsed"],
-                      "teacher": chosen.get("teacher"), "chosen_sample_index": chosen["sample_index"],
-                      "chosen_finish_reason": chosen.get("finish_reason"),
-                      "rejected_sample_index": rejected["sample_index"], "chosen_verdict": chosen["refusal"],
-                      "rejected_verdict": rejected["refusal"], "chosen_p_safe": chosen.get("p_safe"),
-                      "teacher_completions": len(by_prompt[key]), "teacher_compliant": len(compliant),
-                      "teacher_safe": len(safe)})
-    counts["pairs"] = len(pairs)
-    anchor_pairs = anchor_candidates(anchors, min_p_safe, partial_is_refusal, seed)
-    counts["toxic prompts"] = len({(a["source"], a["id"]) for a in anchors})
-    counts["toxic prompts with an anchor pair"] = len(anchor_pairs)
-    wanted = min(len(anchor_pairs), round(anchor_ratio * len(pairs)))
-    anchor_pairs = random.Random(seed).sample(anchor_pairs, wanted)
-    counts["safety anchor pairs"] = len(anchor_pairs)
-    return pairs + sorted(anchor_pairs, key=lambda p: (p["source"], p["id"])), counts
-
-
-def anchor_candidates(anchors: list[dict], min_p_safe: float | None, partial_is_refusal: bool, seed: int) -> list[dict]:
-    """One safety-anchor pair per toxic prompt with a safe refusal and an unsafe student compliance."""
-    groups: dict[tuple, list[dict]] = {}
-    for row in anchors:
-        groups.setdefault((row["source"], row["id"]), []).append(row)
-    pairs = []
-    for key, rows in groups.items():
-        refusals = [r for r in rows if is_refusal(r["refusal"], partial_is_refusal) and _is_safe(r, min_p_safe)
-                    and not is_empty(r)]  # an empty chosen response teaches nothing
-        refusals = [r for r in refusals if r["origin"] == "student"] or refusals  # on-policy refusals first
-        unsafe = [r for r in rows if r["origin"] == "student" and r["refusal"] == "full_compliance"
-                  and (min_p_safe is None or (r.get("p_safe") is not None and r["p_safe"] < min_p_safe))]
-        if refusals and unsafe:
-            chosen, rejected = _pick(refusals, seed, key), random.Random(f"{seed}/{key}/r").choice(unsafe)
-            pairs.append({"prompt": chosen["prompt"], "chosen": chosen["response"], "rejected": rejected["response"],
-                          "kind": "safety_anchor", "source": key[0], "id": key[1], "category": chosen.get("category"),
-                          "chosen_origin": chosen["origin"], "chosen_sample_index": chosen["sample_index"],
-                          "rejected_sample_index": rejected["sample_index"], "chosen_verdict": chosen["refusal"],
-                          "rejected_verdict": rejected["refusal"], "chosen_p_safe": chosen.get("p_safe"),
-                          "rejected_p_safe": rejected.get("p_safe")})
-    return pairs
-
-
-def filter_by_ches(pairs: list[dict], quantile: float | None, score: str = "ches_normalized") -> list[dict]:
-    """Per kind, the pairs whose CHES is at most the ``quantile`` of that kind's CHES (None keeps all)."""
-    if quantile is None:
-        return pairs
-    import numpy as np
-
-    kept = []
-    for kind in dict.fromkeys(p["kind"] for p in pairs):
-        values = [p[score] for p in pairs if p["kind"] == kind]
-        cut = float(np.quantile(values, quantile))
-        kept += [p for p in pairs if p["kind"] == kind and p[score] <= cut]
-    return kept
-
 
 def empty_message(counts: dict, params: PreferenceDataParams, shares: dict, n_dropped: int) -> str:
     """Which filter left no over-refusal pair, and what to change."""
@@ -295,6 +152,12 @@ def empty_message(counts: dict, params: PreferenceDataParams, shares: dict, n_dr
     }
     step = next(s for s in FUNNEL if not counts[s])
     return f"no over-refusal pair: the filter '{step}' left nothing: {hints.get(step, 'see summary.json')}"
+
+
+def stores(params: PreferenceDataParams) -> Path:
+    """Folder of the stage's append-only stores: a sweep's copies of the stage share the file stage's, so a
+    variant that changes only τ or the anchors samples nothing again (every row is keyed by content)."""
+    return params.stage_dir.parent / file_stage(params.stage_name)
 
 
 def _judge(rows: list[dict], params: PreferenceDataParams) -> list[dict]:
@@ -322,7 +185,7 @@ def _judge_safety(rows: list[dict], params: PreferenceDataParams) -> list[dict]:
 def add_ches(params: PreferenceDataParams, pairs: list[dict], student: str) -> list[dict]:
     """Every pair with ``ches`` and ``ches_normalized`` under the student, stored so a re-run computes none."""
     digest = lambda p: digest_of([student, p["prompt"], p["chosen"], p["rejected"]])  # noqa: E731
-    store = JsonlStore(params.stage_dir / "ches.jsonl", key=lambda row: row["key"])
+    store = JsonlStore(stores(params) / "ches.jsonl", key=lambda row: row["key"])
     todo = [p for p in pairs if digest(p) not in store]
     if todo:
         from porover.ches import ches_scores
@@ -335,6 +198,25 @@ def add_ches(params: PreferenceDataParams, pairs: list[dict], student: str) -> l
         store.append({"key": digest(p), **s} for p, s in zip(todo, scores))
     found = {row["key"]: row for row in store.rows}
     return [{**p, **{k: v for k, v in found[digest(p)].items() if k != "key"}} for p in pairs]
+
+
+def anchor_model_samples(params: PreferenceDataParams, toxic: list[dict], sampling: Sampling) -> list[dict]:
+    """Another model's responses to the anchor prompts (``origin`` `OTHER_MODEL`): sampled like the student's
+    (``k`` per prompt, stored, so a re-run samples nothing), or read from an evaluation's ``responses.jsonl``
+    (only its responses to anchor prompts, matched by normalised text)."""
+    source = params.anchor_rejected_from
+    if source.endswith(".jsonl"):
+        by_text = {normalise(r["prompt"]): r for r in toxic}
+        return [{**by_text[normalise(r["prompt"])], "response": r["response"], "sample_index": 0, "origin": OTHER_MODEL,
+                 "teacher": Path(source).parent.name, "finish_reason": r.get("finish_reason")}
+                for r in read_jsonl(Path(source)) if normalise(r["prompt"]) in by_text]
+    from porover.models import model_digest
+
+    backend = lambda: make_backend(source, "transformers", device=params.device, batch_size=params.batch_size)  # noqa: E731
+    rows = sample_completions(backend, toxic, JsonlStore(stores(params) / "anchor_model_samples.jsonl", key=completion_key),
+                              replace(sampling, system_prompt=None),  # the student's system prompt is not its
+                              params.k, model_digest(source), desc=f"{params.stage_name}: anchor model")
+    return [{**r, "origin": OTHER_MODEL, "teacher": source} for r in rows]
 
 
 def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[dict], dict]:
@@ -361,7 +243,7 @@ def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[
                         seed=params.seed, system_prompt=params.system_prompt or None)
     student_backend = lambda: make_backend(params.student, params.student_backend, device=params.device,  # noqa: E731
                                            batch_size=params.batch_size, **params.endpoint_settings())
-    samples = sample_completions(student_backend, rows + toxic, JsonlStore(out / "student_samples.jsonl", key=completion_key),
+    samples = sample_completions(student_backend, rows + toxic, JsonlStore(stores(params) / "student_samples.jsonl", key=completion_key),
                            sampling, params.k, student, desc=f"{params.stage_name}: student")
     samples = [{**s, "origin": "student"} for s in samples]
     benign = _judge([s for s in samples if s["kind"] == "over_refusal"], params)
@@ -374,7 +256,7 @@ def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[
                                 system_prompt=params.teacher_system_prompt or None)
     teacher = sample_completions(lambda: make_backend(params.teacher, params.backend, device=params.device,
                                                       batch_size=params.batch_size, **params.endpoint_settings()), candidates,
-                           JsonlStore(out / "teacher_completions.jsonl", key=completion_key), teacher_sampling,
+                           JsonlStore(stores(params) / "teacher_completions.jsonl", key=completion_key), teacher_sampling,
                            params.teacher_samples, params.teacher, desc=f"{params.stage_name}: teacher") if candidates else []
     # Never chosen: empty completions, and with drop_truncated those cut off by the token budget; counted.
     dropped_teacher = {"empty": sum(is_empty(t) for t in teacher),
@@ -385,10 +267,14 @@ def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[
         [t for t in teacher if t["refusal"] == "full_compliance"], params)
     references = [{**r, "response": r["reference_response"], "origin": "reference", "sample_index": -1}
                   for r in toxic if r.get("reference_response")]
-    anchors = _judge_safety(_judge([s for s in samples if s["kind"] == "safety_anchor"] + references, params), params)
+    others = anchor_model_samples(params, toxic, sampling) if toxic and params.anchor_rejected_from else []
+    anchors = _judge_safety(_judge([s for s in samples if s["kind"] == "safety_anchor"] + references + others, params),
+                            params)
     min_p_safe = params.min_p_safe if params.safety_judge else None
     pairs, counts = build_pairs(benign, teacher, params.containment_threshold, min_p_safe, params.partial_is_refusal,
-                                params.seed, anchors, params.safety_anchor_ratio)
+                                params.seed, anchors, params.safety_anchor_ratio,
+                                STUDENT_FIRST if params.anchor_chosen == "student" else ("reference",),
+                                ("student", OTHER_MODEL))
     pairs = [{**p, "student": student, "refusal_judge": params.refusal_judge, "safety_judge": params.safety_judge or None}
              for p in pairs]
     pairs = add_ches(params, pairs, student) if pairs and params.ches else pairs

@@ -1,0 +1,109 @@
+"""Training, validation and test prompts: which stage draws which, and a check that they never meet.
+
+Three roles: the preference data *trains* on its prompts (after dropping its ``eval_sets``), an evaluation
+stage with ``split: validation`` gives the numbers a sweep *chooses* settings on, and one with
+``split: test`` (the default) gives the numbers that are *reported*. Choosing on the test prompts, or
+training on either, makes the reported numbers optimistic, so a run whose stages would do so is refused
+before anything runs. The vendored OR-Bench-Hard and OKTest have a ``val`` split for this, disjoint from
+``train`` and ``test`` (`porover.data`); HarmBench has its own ``val`` split.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from porover.config import STAGE_REF
+from porover.data import load_rows, split_name
+
+SPLITS = ("test", "validation")  # what an evaluation stage's prompts are for
+
+
+def normalise(text: str) -> str:
+    """Text for overlap checks: Unicode-normalised, lower-cased, punctuation and spacing collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", " ", unicodedata.normalize("NFKC", text).lower()).split())
+
+
+def load_sets(sets: dict[str, int | None], seed: int, kind: str | None = None) -> list[dict]:
+    """Prompt rows of every ``name[:split] -> n`` set, subsampled by ``seed``, without duplicates."""
+    rows = {}
+    for spec, n in sets.items():
+        if spec.startswith(STAGE_REF):
+            continue
+        name, split = split_name(spec)
+        for row in load_rows(name, n=n, seed=seed, split=split):
+            rows.setdefault((row["source"], row["id"]), {
+                **{k: row[k] for k in ("id", "prompt", "label", "category", "source")},
+                "reference_response": row.get("reference_response"), "kind": kind})
+    return list(rows.values())
+
+
+def hold_out(rows: list[dict], eval_sets: dict[str, int | None], seed: int,
+             on_overlap: str = "drop") -> tuple[list[dict], list[dict]]:
+    """Rows whose prompt is in none of the evaluation sets, and the dropped ones.
+
+    Raises:
+        ValueError: ``on_overlap == "fail"`` and some prompt is also an evaluation prompt.
+    """
+    held = {normalise(r["prompt"]) for r in load_sets(eval_sets, seed)} if eval_sets else set()
+    kept = [r for r in rows if normalise(r["prompt"]) not in held]
+    dropped = [r for r in rows if normalise(r["prompt"]) in held]
+    if dropped and on_overlap == "fail":
+        raise ValueError(f"{len(dropped)} training prompt(s) also appear in the evaluation sets {list(eval_sets)}, "
+                         f"e.g. {dropped[0]['source']}/{dropped[0]['id']}: {dropped[0]['prompt'][:80]!r}; use a "
+                         "train split (e.g. 'or_bench_hard:train'), or on_eval_overlap: drop")
+    return kept, dropped
+
+
+def _local(sets: dict) -> dict:
+    """The sets that load offline: known datasets and files (stage outputs and hub ids are checked at run time)."""
+    return {spec: n for spec, n in sets.items() if not spec.startswith(STAGE_REF)
+            and ("/" not in split_name(spec)[0] or split_name(spec)[0].endswith((".csv", ".jsonl", ".json")))}
+
+
+def split_errors(stages: dict[str, tuple[str, dict]], path: str) -> list[str]:
+    """Problems where training, validation and test prompts of a run meet (normalised text).
+
+    Args:
+        stages: Stage name -> (stage type, its validated flat parameters).
+        path: The run file, named in every problem.
+
+    Returns:
+        One problem per pair of stages that share prompts, naming the file, the stage and key, how many
+        prompts and one of them.
+    """
+    cache: dict[str, list[dict]] = {}
+
+    def rows_of(sets: dict, seed: int) -> list[dict]:
+        key = repr((sorted(sets.items()), seed))
+        if key not in cache:
+            cache[key] = load_sets(_local(sets), seed)
+        return cache[key]
+
+    evaluations = {name: (params.get("split", "test"), {normalise(r["prompt"]): r for r in
+                                                         rows_of(params["benchmarks"], params["seed"])})
+                   for name, (kind, params) in stages.items() if kind == "evaluate"}
+    errors = []
+    for name, (kind, params) in stages.items():
+        if kind != "preference_data":
+            continue
+        held = {normalise(r["prompt"]) for r in rows_of(params["eval_sets"], params["seed"])}
+        for key in ("prompts", "safety_anchor_sets"):
+            train = {normalise(r["prompt"]): r for r in rows_of(params[key], params["seed"])}
+            for other, (split, prompts) in evaluations.items():
+                shared = [train[p] for p in train if p in prompts and p not in held]
+                if shared:
+                    errors.append(f"{path}: stages.{name}.{key}: {len(shared)} training prompt(s) are also {split} "
+                                  f"prompts of stage {other!r}, e.g. {shared[0]['source']}/{shared[0]['id']}: "
+                                  f"{shared[0]['prompt'][:60]!r}; add that stage's benchmarks to eval_sets or use a "
+                                  "train split")
+    for name, (split, prompts) in evaluations.items():
+        if split != "validation":
+            continue
+        for other, (other_split, test) in evaluations.items():
+            shared = [prompts[p] for p in prompts if p in test]
+            if other_split == "test" and shared:
+                errors.append(f"{path}: stages.{name}.benchmarks: {len(shared)} validation prompt(s) are also test "
+                              f"prompts of stage {other!r}, e.g. {shared[0]['source']}/{shared[0]['id']}; choose on "
+                              "a split the test stages never use (e.g. or_bench_hard:val, harmbench:val)")
+    return errors

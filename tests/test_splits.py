@@ -1,0 +1,48 @@
+"""Training, validation and test prompts never meet: the run-file check (`porover.splits.split_errors`)."""
+
+import pytest
+import yaml
+
+from porover.run_file import load_run_params
+from porover.splits import load_sets, normalise
+
+
+def run_file(tmp_path, stages: dict):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"run_name": "splits", "device": "cpu", "stages": stages}))
+    return path
+
+
+def evaluate(benchmarks: dict, split: str = "test") -> dict:
+    return {"type": "evaluate", "benchmarks": benchmarks, "judges": ["phrase_lr"], "split": split}
+
+
+def test_validation_and_test_prompts_must_not_meet(tmp_path):
+    fine = run_file(tmp_path, {"evaluate_val": evaluate({"or_bench_hard:val": 40, "harmbench:val": 20}, "validation"),
+                               "evaluate": evaluate({"or_bench_hard:test": 40, "or_bench_toxic": 40, "xstest": 20})})
+    assert load_run_params(fine).stages["evaluate_val"].params["split"] == "validation"
+    clash = run_file(tmp_path, {"evaluate_val": evaluate({"xstest": 30}, "validation"),
+                                "evaluate": evaluate({"xstest": 30})})
+    with pytest.raises(ValueError, match=r"run.yaml: stages.evaluate_val.benchmarks: 30 validation prompt\(s\) are also "
+                                         r"test prompts of stage 'evaluate'"):
+        load_run_params(clash)
+    with pytest.raises(ValueError, match=r"stages.evaluate.split: expected one of"):
+        load_run_params(run_file(tmp_path, {"evaluate": evaluate({"xstest": 4}, "dev")}))
+
+
+def test_preference_data_prompts_must_not_be_validation_or_test_prompts(tmp_path):
+    pd = {"type": "preference_data", "prompts": {"or_bench_hard": 300}, "eval_sets": {},
+          "safety_anchor_sets": {"harmbench": 50}}
+    stages = {"evaluate_val": evaluate({"harmbench:val": None}, "validation"),
+              "evaluate": evaluate({"or_bench_hard:test": 40}), "preference_data": pd}
+    with pytest.raises(ValueError) as error:
+        load_run_params(run_file(tmp_path, stages))
+    message = str(error.value)
+    assert "stages.preference_data.prompts: " in message and "are also test prompts of stage 'evaluate'" in message
+    assert "stages.preference_data.safety_anchor_sets: " in message and "validation prompts of stage 'evaluate_val'" in message
+    # what the stage holds out (its eval_sets) it never trains on: no problem
+    held = {**pd, "eval_sets": {"or_bench_hard:test": 40, "harmbench:val": None}}
+    load_run_params(run_file(tmp_path, {**stages, "preference_data": held}))
+    # the train split never meets val or test
+    train = {normalise(r["prompt"]) for r in load_sets({"or_bench_hard:train": None}, 0)}
+    assert not train & {normalise(r["prompt"]) for r in load_sets({"or_bench_hard:val": None, "or_bench_hard:test": None}, 0)}
