@@ -13,23 +13,9 @@ from porover.preference_pairs import FUNNEL, build_pairs, refusal_shares
 from porover.splits import hold_out, load_sets, normalise
 from porover.stages.preference_data import empty_message
 from porover.store import read_jsonl
+from test_preference_pairs import C, R, samples, teacher  # known judged samples, shared
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def samples(pid, labels, prompt=None, **extra):
-    return [{"source": "s", "id": pid, "prompt": prompt or f"prompt {pid}", "sample_index": i,
-             "response": f"{pid} student {i} {label}", "refusal": label, **extra} for i, label in enumerate(labels)]
-
-
-def teacher(pid, labels, p_safe=None):
-    p_safe = p_safe or [None] * len(labels)
-    return [{"source": "s", "id": pid, "prompt": f"prompt {pid}", "sample_index": i, "teacher": "t",
-             "response": f"{pid} teacher {i} {label}", "refusal": label, "p_safe": p}
-            for i, (label, p) in enumerate(zip(labels, p_safe))]
-
-
-R, C, P = "full_refusal", "full_compliance", "partial_refusal"
 
 
 def test_empty_result_names_the_filter_and_what_to_change():
