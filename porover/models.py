@@ -220,10 +220,9 @@ def load_model(name: str, device: str = "auto", dtype=None):
 
 
 def is_model_folder(path: str | Path) -> bool:
-    """Whether a folder holds a saved transformers model (a ``config.json``), a stage's adapter folder or a DRO
-    stage's soft prompt (``soft_prompt.json``, `porover.soft_prompt`)."""
+    """Whether a folder holds a saved transformers model (a ``config.json``) or a stage's adapter folder."""
     path = Path(path).expanduser()
-    return (path / "config.json").is_file() or is_adapter_folder(path) or (path / "soft_prompt.json").is_file()
+    return (path / "config.json").is_file() or is_adapter_folder(path)
 
 
 def model_errors(name: str, where: str) -> list[str]:

@@ -52,11 +52,16 @@ def save_soft_prompt(folder: str | Path, soft_prompt, spec: SoftPromptSpec) -> N
     (folder / SPEC_FILE).write_text(json.dumps(spec.__dict__, indent=1))
 
 
+def is_soft_prompt_folder(path: str | Path) -> bool:
+    """Whether a folder holds a DRO stage's soft prompt (no weights are read)."""
+    return (Path(path).expanduser() / SPEC_FILE).is_file()
+
+
 def read_soft_prompt(model: str | Path) -> tuple[SoftPromptSpec, object] | None:
     """``(spec, weights)`` of a soft-prompt folder, else None (any other model name or folder)."""
-    path = Path(str(model)).expanduser()
-    if not (path / SPEC_FILE).is_file():
+    if not is_soft_prompt_folder(str(model)):
         return None
+    path = Path(str(model)).expanduser()
     from safetensors.torch import load_file
 
     weights = load_file(str(path / WEIGHTS_FILE))["soft_prompt"]

@@ -13,7 +13,7 @@ from porover.generation import Sampling, TransformersBackend, generate_responses
 from porover.judges import DEFAULT_JUDGE, judge_errors, judge_refusals
 from porover.metrics import UNPARSEABLE_OPTIONS, compute_metrics
 from porover.models import model_errors
-from porover.soft_prompt import read_soft_prompt, soft_prompt_backend
+from porover.soft_prompt import is_soft_prompt_folder, soft_prompt_backend
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import Verdict
 
@@ -51,7 +51,9 @@ class EvaluateParams(StageParams):
     stage_name: str = param("evaluate", "name of this stage in the run")
 
     def problems(self, where: str) -> list[str]:
-        errors = prompt_set_errors(self.benchmarks, f"{where}.benchmarks") + model_errors(self.model, f"{where}.model")
+        errors = prompt_set_errors(self.benchmarks, f"{where}.benchmarks")
+        if not is_soft_prompt_folder(self.model):  # a DRO soft prompt is evaluated here, and by no other stage
+            errors += model_errors(self.model, f"{where}.model")
         if not self.judges:
             errors.append(f"{where}.judges: give at least one judge")
         for name in self.judges:
@@ -59,7 +61,7 @@ class EvaluateParams(StageParams):
                                    if name in self.judge_settings else f"{where}.judges")
         errors += [f"{where}.judge_settings.{name}: not one of this stage's judges {self.judges}"
                    for name in self.judge_settings if name not in self.judges]
-        if self.system_prompt and read_soft_prompt(self.model) is not None:
+        if self.system_prompt and is_soft_prompt_folder(self.model):
             errors.append(f"{where}.system_prompt: must be '' for a DRO soft prompt ({self.model}): the soft prompt "
                           "is the system turn")
         return errors
@@ -107,7 +109,7 @@ def generate_for_benchmarks(params: EvaluateParams, rows: list[dict]) -> list[di
     store = JsonlStore(generations_path(params), key=response_key)
     missing = [row for row in rows if response_key(row) not in store]
     backend = None
-    if missing and read_soft_prompt(params.model) is not None:  # a DRO stage's soft prompt: the base model + it
+    if missing and is_soft_prompt_folder(params.model):  # a DRO stage's soft prompt: the base model + it
         backend = soft_prompt_backend(params.model, device=params.device, batch_size=params.batch_size)
     elif missing:
         from porover.models import load_model
