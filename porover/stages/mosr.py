@@ -8,8 +8,6 @@ training rows with each malicious prompt's similarity and erasure weight.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,7 +15,8 @@ import numpy as np
 
 from porover.config import param
 from porover.data import load_rows, prompt_set_errors
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, trainer_config
+from porover.splits import normalise
+from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "10_mosr.ipynb"
@@ -104,11 +103,6 @@ class MOSRParams(TrainingParams):
         return errors
 
 
-def _normalise(text: str) -> str:
-    """Prompt text for the hold-out check: Unicode-normalised, lower-cased, punctuation and spacing collapsed."""
-    return " ".join(re.sub(r"[^\w\s]", " ", unicodedata.normalize("NFKC", text).lower()).split())
-
-
 def build_data(params: MOSRParams) -> list[dict]:
     """Load the prompt sets, weigh each malicious prompt by its overlap with the pseudo-malicious ones (frozen
     model's states) and write ``mosr_data.jsonl``."""
@@ -117,9 +111,9 @@ def build_data(params: MOSRParams) -> list[dict]:
     from porover.models import load_model
     from porover.mosr import overlap_weights, training_rows
 
-    held_out = {_normalise(r["prompt"]) for name, n in params.exclude.items() for r in load_rows(name, n=n, seed=params.seed)}
+    held_out = {normalise(r["prompt"]) for name, n in params.exclude.items() for r in load_rows(name, n=n, seed=params.seed)}
     sets = {key: [r for name, n in getattr(params, key).items() for r in load_rows(name, n=n, seed=params.seed)
-                  if _normalise(r["prompt"]) not in held_out]
+                  if normalise(r["prompt"]) not in held_out]
             for key in ("benign", "pseudo_malicious", "malicious")}
     if not all(sets.values()):
         raise ValueError(f"{params.stage_name}: no prompts left in {[k for k, v in sets.items() if not v]} after "
@@ -215,7 +209,7 @@ def run_mosr(params: MOSRParams, callbacks: list | None = None) -> dict:
     if (log := finished_log(params)) is not None:
         return log
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
 
@@ -232,9 +226,9 @@ def run_mosr(params: MOSRParams, callbacks: list | None = None) -> dict:
     dataset = Dataset.from_list([tokenize_row(tokenizer, text, row, params.max_length, params.retain_positions)
                                  for text, row in zip(rendered, rows)])
     model = AutoModelForCausalLM.from_pretrained(path, dtype=device_settings(params.device).dtype)
-    model = get_peft_model(model, LoraConfig(
-        r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-        target_modules=params.lora_target_modules, layers_to_transform=params.target_layers, task_type="CAUSAL_LM"))
+    config = lora_config(params)  # MOSR's adapters sit on its target layers only
+    config.layers_to_transform = params.target_layers
+    model = get_peft_model(model, config)
     args = trainer_config(params, SFTConfig, remove_unused_columns=False)
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),
                                callbacks=callbacks, mosr=params)
