@@ -56,6 +56,11 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.endswith((".csv", ".jsonl", ".json"))
 
 
+def file_stage(name: str) -> str:
+    """The run file's stage a sweep copy's name stands for: ``dpo`` for ``dpo[beta=0.5]`` (`porover.sweeps`)."""
+    return name.split("[", 1)[0]
+
+
 def project_root(start: str | Path | None = None) -> Path:
     """The nearest folder at or above ``start`` (default: the working directory) holding ``outputs/`` or
     ``pyproject.toml``, so a notebook run from ``notebooks/`` writes to the project's ``outputs/``."""
@@ -87,6 +92,12 @@ class StageParams:
         """The folder this stage writes to: ``run_dir/stage_name``, a relative run folder under the project root."""
         run_dir = Path(self.run_dir).expanduser()
         return (run_dir if run_dir.is_absolute() else project_root() / run_dir) / self.stage_name
+
+    @property
+    def store_dir(self) -> Path:
+        """The folder of the stage's content-keyed stores (samples, completions): a sweep's copy of a stage
+        (``dpo[beta=0.5]``) shares the run file stage's (``dpo``), so variants sample nothing twice."""
+        return self.stage_dir.parent / file_stage(self.stage_name)
 
     def problems(self, where: str) -> list[str]:
         """The stage's own rules across fields (files exist, names are known...); override and extend."""

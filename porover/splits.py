@@ -72,6 +72,9 @@ def split_errors(stages: dict[str, tuple[str, dict]], path: str) -> list[str]:
         One problem per pair of stages that share prompts, naming the file, the stage and key, how many
         prompts and one of them.
     """
+    if not any(kind == "preference_data" or (kind == "evaluate" and params.get("split") == "validation")
+               for kind, params in stages.values()):
+        return []  # nothing trains on prompts here and nothing chooses on validation: no data to load
     cache: dict[str, list[dict]] = {}
 
     def rows_of(sets: dict, seed: int) -> list[dict]:

@@ -53,12 +53,6 @@ class Variant:
     reached: dict[str, list[str]] = field(default_factory=dict)
 
 
-def file_stage(name: str) -> str:
-    """The run file's stage a (copy's) name stands for: ``dpo`` for ``dpo[beta=0.5]``. Copies keep their
-    content-keyed stores (samples, completions) in that stage's folder, so variants sample nothing twice."""
-    return name.split("[", 1)[0]
-
-
 def _format(value: object) -> str:
     if isinstance(value, dict):  # prompt sets: name:n;name:n (folder-name friendly), none for {}
         return ";".join(f"{k}:{_format(v)}" for k, v in value.items()) or "none"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from porover.metrics import metrics_table
+from porover.runs import read_manifest
 
 METRICS = ("safety", "usefulness", "f1")
 
@@ -28,8 +29,7 @@ def variant_table(run_dir: str | Path) -> pd.DataFrame:
     ``_high``. Stages without results yet are left out; a run without a sweep gives an empty table.
     """
     run_dir = Path(run_dir)
-    path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest = read_manifest(run_dir)
     variants, types = manifest.get("sweep") or [], manifest.get("types", {})
     keys = list(dict.fromkeys(key for variant in variants for key in variant["values"]))
     rows = []

@@ -58,12 +58,11 @@ def _sweep_section(run_dir: Path, label: str) -> str:
     table = variant_table(run_dir)
     if table.empty:
         return ""
-    import json
-
+    from porover.runs import read_manifest
     from porover.stages.analysis import sweep_tables
 
     shown = table.drop(columns=[c for c in table if c.endswith(("_low", "_high"))]).round(1)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     titles = {title: keys for stage, kind in manifest.get("types", {}).items() if kind == "analysis"
               for title, keys in (manifest.get("params", {}).get(stage, {}).get("tables") or {}).items()}
     paper = "".join(f"<h4>{html.escape(title)}</h4>" + layout.to_html(classes="headline", na_rep="–")

@@ -22,7 +22,6 @@ from porover.models import is_model_folder
 from porover.selection import (CRITERIA, agreement_with_random, group_candidates, is_empty, is_truncated,
                                reward_scores, select)
 from porover.store import JsonlStore, write_jsonl
-from porover.sweeps import file_stage
 from porover.vocabulary import REFUSALS
 
 NOTEBOOK = "01_overgenerate.ipynb"
@@ -230,9 +229,8 @@ def run_overgeneration(params: OvergenerateParams) -> tuple[list[dict], list[dic
     """
     start = time.perf_counter()
     out = params.stage_dir
-    # a sweep's copies of this stage share the file stage's store (rows keyed by content): random vs scored
-    # selection then choose among the same candidates
-    store = JsonlStore(out.parent / file_stage(params.stage_name) / "completions.jsonl", key=completion_key)
+    # a sweep's copies share the file stage's store: random vs scored selection choose among the same candidates
+    store = JsonlStore(params.store_dir / "completions.jsonl", key=completion_key)
     rows, sampling, candidates = prompt_rows(params), sampling_of(params), []
     backends: dict[str, object] = {}  # one model load per teacher, shared by general and toxic prompts
 

@@ -33,7 +33,6 @@ from porover.preference_pairs import FUNNEL, OTHER_MODEL, STUDENT_FIRST, build_p
 from porover.splits import hold_out, load_sets, normalise
 from porover.stages.overgenerate import teacher_errors
 from porover.store import JsonlStore, read_jsonl, write_jsonl
-from porover.sweeps import file_stage
 from porover.selection import is_empty, is_truncated, usable
 
 NOTEBOOK = "04_preference_data.ipynb"
@@ -154,12 +153,6 @@ def empty_message(counts: dict, params: PreferenceDataParams, shares: dict, n_dr
     return f"no over-refusal pair: the filter '{step}' left nothing: {hints.get(step, 'see summary.json')}"
 
 
-def stores(params: PreferenceDataParams) -> Path:
-    """Folder of the stage's append-only stores: a sweep's copies of the stage share the file stage's, so a
-    variant that changes only τ or the anchors samples nothing again (every row is keyed by content)."""
-    return params.stage_dir.parent / file_stage(params.stage_name)
-
-
 def _judge(rows: list[dict], params: PreferenceDataParams) -> list[dict]:
     """Rows with ``refusal`` (a class, or None when unparseable) and ``p_refusal`` from the refusal judge."""
     from porover.judges import judge_refusals
@@ -185,7 +178,7 @@ def _judge_safety(rows: list[dict], params: PreferenceDataParams) -> list[dict]:
 def add_ches(params: PreferenceDataParams, pairs: list[dict], student: str) -> list[dict]:
     """Every pair with ``ches`` and ``ches_normalized`` under the student, stored so a re-run computes none."""
     digest = lambda p: digest_of([student, p["prompt"], p["chosen"], p["rejected"]])  # noqa: E731
-    store = JsonlStore(stores(params) / "ches.jsonl", key=lambda row: row["key"])
+    store = JsonlStore(params.store_dir / "ches.jsonl", key=lambda row: row["key"])
     todo = [p for p in pairs if digest(p) not in store]
     if todo:
         from porover.ches import ches_scores
@@ -213,7 +206,7 @@ def anchor_model_samples(params: PreferenceDataParams, toxic: list[dict], sampli
     from porover.models import model_digest
 
     backend = lambda: make_backend(source, "transformers", device=params.device, batch_size=params.batch_size)  # noqa: E731
-    rows = sample_completions(backend, toxic, JsonlStore(stores(params) / "anchor_model_samples.jsonl", key=completion_key),
+    rows = sample_completions(backend, toxic, JsonlStore(params.store_dir / "anchor_model_samples.jsonl", key=completion_key),
                               replace(sampling, system_prompt=None),  # the student's system prompt is not its
                               params.k, model_digest(source), desc=f"{params.stage_name}: anchor model")
     return [{**r, "origin": OTHER_MODEL, "teacher": source} for r in rows]
@@ -243,7 +236,7 @@ def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[
                         seed=params.seed, system_prompt=params.system_prompt or None)
     student_backend = lambda: make_backend(params.student, params.student_backend, device=params.device,  # noqa: E731
                                            batch_size=params.batch_size, **params.endpoint_settings())
-    samples = sample_completions(student_backend, rows + toxic, JsonlStore(stores(params) / "student_samples.jsonl", key=completion_key),
+    samples = sample_completions(student_backend, rows + toxic, JsonlStore(params.store_dir / "student_samples.jsonl", key=completion_key),
                            sampling, params.k, student, desc=f"{params.stage_name}: student")
     samples = [{**s, "origin": "student"} for s in samples]
     benign = _judge([s for s in samples if s["kind"] == "over_refusal"], params)
@@ -256,7 +249,7 @@ def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[
                                 system_prompt=params.teacher_system_prompt or None)
     teacher = sample_completions(lambda: make_backend(params.teacher, params.backend, device=params.device,
                                                       batch_size=params.batch_size, **params.endpoint_settings()), candidates,
-                           JsonlStore(stores(params) / "teacher_completions.jsonl", key=completion_key), teacher_sampling,
+                           JsonlStore(params.store_dir / "teacher_completions.jsonl", key=completion_key), teacher_sampling,
                            params.teacher_samples, params.teacher, desc=f"{params.stage_name}: teacher") if candidates else []
     # Never chosen: empty completions, and with drop_truncated those cut off by the token budget; counted.
     dropped_teacher = {"empty": sum(is_empty(t) for t in teacher),
