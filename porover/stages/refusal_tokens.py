@@ -31,7 +31,8 @@ from porover.data import prompt_set_errors
 from porover.judges import DEFAULT_JUDGE, judge_errors
 from porover.refusal_tokens import (REFUSE, RESPOND, SWEEP_FILE, TokenSpec, read_spec, sweep, token_ids,
                                     token_probabilities, write_spec)
-from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, trainer_config)
+from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, trainer_config,
+                                     use_chat_template)
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "07_refusal_tokens.ipynb"
@@ -231,6 +232,7 @@ def _train(params: RefusalTokenParams, rows: list[dict], spec: TokenSpec, callba
 
     path = resolve_model(params.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_chat_template(params, tokenizer)
     settings = device_settings(params.device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if settings.bf16 else "float32")
     new_ids = add_refusal_tokens(model, tokenizer, spec.tokens)

@@ -72,6 +72,8 @@ class TrainingParams(StageParams):
     num_processes: int = param(1, "processes (GPUs) to train on; above 1 the stage runs under accelerate launch",
                                ge=1)
     accelerate_config: str = param("ddp", "ddp, fsdp, deepspeed_zero2, deepspeed_zero3 or a YAML path")
+    chat_template: str = param("", "model (id or folder) or .jinja file whose chat template and end-of-turn token the "
+                                   "model is trained with ('' = its own; a base model has none)", input=True)
     stage_name: str = param("training", "name of this stage in the run")
 
     def data_file(self) -> str:
@@ -86,11 +88,48 @@ class TrainingParams(StageParams):
         errors = model_errors(self.model, f"{where}.model")
         if self.max_steps == 0:
             errors.append(f"{where}.max_steps: expected -1 (train num_train_epochs epochs) or a positive step count")
-        if not accelerate_config_path(self.accelerate_config).is_file():
+        config = accelerate_config_path(self.accelerate_config)
+        if not config.is_file():
             shipped = sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
             errors.append(f"{where}.accelerate_config: no config {self.accelerate_config!r}; give one of "
                           f"{', '.join(shipped)} or a YAML file")
+        elif self.num_processes > 1:
+            body = yaml.safe_load(config.read_text()) or {}
+            state_dict = (body.get("fsdp_config") or {}).get("fsdp_state_dict_type", "FULL_STATE_DICT")
+            if body.get("distributed_type") == "FSDP" and state_dict != "FULL_STATE_DICT":
+                errors.append(f"{where}.accelerate_config: {config}: fsdp_config.fsdp_state_dict_type: expected "
+                              f"FULL_STATE_DICT (model/ must load as an ordinary model), got {state_dict!r}")
         return errors
+
+
+def accelerate_config_problems(params, where: str) -> list[str]:
+    """What accelerate itself rejects in the stage's launch config: the config file is read and turned into the
+    launched processes' environment exactly as ``accelerate launch`` does, and an FSDP config's plugin is built
+    from it (accelerate validates every FSDP setting there). Imports torch, so validation (`problems`) leaves
+    it to rehearsals and to the stage itself, before anything trains.
+    """
+    import contextlib
+    from unittest import mock
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    if params.num_processes <= 1:
+        return []
+    config = accelerate_config_path(params.accelerate_config)
+    try:
+        with contextlib.redirect_stdout(None), contextlib.redirect_stderr(None):
+            args = launch_command_parser().parse_args(["--config_file", str(config), "--num_processes",
+                                                       str(params.num_processes), "train.py"])
+            args, _, _ = _validate_launch_command(args)
+        if args.use_fsdp:
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            with mock.patch.dict(os.environ, prepare_multi_gpu_env(args)):
+                FullyShardedDataParallelPlugin()
+    except (ValueError, TypeError, KeyError) as error:
+        return [f"{where}.accelerate_config: {config}: accelerate rejects it: {error}"]
+    return []
 
 
 def accelerate_config_path(name: str) -> Path:
@@ -171,6 +210,42 @@ def trainer_config(params, config_cls, **extra):
         save_total_limit=params.save_total_limit, report_to="none", **extra)
 
 
+def use_chat_template(params, tokenizer) -> None:
+    """Give the tokenizer ``params.chat_template``'s template and end-of-turn token (a base model's tokenizer, e.g.
+    Llama-3.1-8B's, has no template); then `_train_and_save` makes generation stop at that token.
+
+    Raises:
+        ValueError: The tokenizer has no chat template and none is given, before anything trains.
+    """
+    source = params.chat_template
+    if source.endswith((".jinja", ".j2")):
+        tokenizer.chat_template = Path(source).expanduser().read_text()
+    elif source:
+        from transformers import AutoTokenizer
+
+        donor = AutoTokenizer.from_pretrained(resolve_model(source))
+        tokenizer.chat_template = donor.chat_template
+        tokenizer.eos_token = donor.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{params.stage_name}: the tokenizer of {params.model} has no chat template (a base model's "
+                         "has none); give chat_template: the model whose template to train with (e.g. its instruct "
+                         "version)")
+
+
+def _stop_at_end_of_turn(folder: Path, tokenizer) -> None:
+    """Make the saved model's generation stop at the tokenizer's end-of-turn token as well as its own eos (a base
+    model trained with an instruct template would otherwise write past every turn)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() \
+        else GenerationConfig()
+    eos = config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        config.eos_token_id = ids + [tokenizer.eos_token_id]
+        config.save_pretrained(folder)
+
+
 def _train_and_save(trainer, params, tokenizer) -> dict:
     """Train (from the last checkpoint when there is one), save ``model/`` and the log.
 
@@ -178,18 +253,26 @@ def _train_and_save(trainer, params, tokenizer) -> dict:
     of a full copy); `porover.models.resolve_model` merges it on first use, cached by content.
     """
     out = params.stage_dir
+    requested = {"FSDP": os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true",
+                 "DEEPSPEED": os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"}
+    running = str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1]
+    wrong = [engine for engine, asked in requested.items() if asked and running != engine]
+    if wrong:  # accelerate falls back to plain data parallelism silently (e.g. FSDP on CPU ranks)
+        raise RuntimeError(f"{params.stage_name}: accelerate_config {params.accelerate_config!r} asks for {wrong[0]}, "
+                           f"but the processes run {running}; {wrong[0]} needs GPUs")
     resumed_from = _resume_point(params)
     result = trainer.train(resume_from_checkpoint=resumed_from)
     trainer.save_model(str(out / "model"))  # gathers FSDP/ZeRO-3 shards
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(out / "model")
+        _stop_at_end_of_turn(out / "model", tokenizer)
         if params.lora:
             mark_adapter_folder(out / "model", params.model)
         processes = trainer.accelerator.num_processes
         batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * processes
         log = {"stage": params.stage_name, "fingerprint": _fingerprint(params, _BOOKKEEPING),
                "global_step": trainer.state.global_step, "resumed_from": resumed_from, "num_processes": processes,
-               "train_batch_size": batch,
+               "train_batch_size": batch, "distributed_type": running,
                "train_runtime": result.metrics.get("train_runtime"), "log_history": trainer.state.log_history,
                "model_dir": str(out / "model"), "lora": params.lora}
         (out / "training_log.json").write_text(json.dumps(log, indent=1))
@@ -317,6 +400,9 @@ def run_training(params, callbacks: list | None = None) -> dict:
         return params.train(callbacks)
     if (log := finished_log(params)) is not None:
         return log
+    problems = accelerate_config_problems(params, params.stage_name)
+    if problems:
+        raise ValueError("; ".join(problems))
     command = launch_command(params)
     _launch(command, launch_env(params), params.stage_dir / "launch.log")
     return json.loads((params.stage_dir / "training_log.json").read_text())
