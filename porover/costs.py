@@ -151,7 +151,7 @@ def estimate_costs(run, throughput: Throughput = Throughput()) -> list[StageCost
             seeds, tokens = prompt_count(p["seeds"], outputs, cost.notes)
             per_seed = p["iterations"] * (p["max_mutation_rounds"] * len(p["strategies"]) + p["n_recombinations"])
             if p["mutator_backend"] == "openai":
-                from porover.evorefuse.prompts import MUTATION_PREFIX, MUTATION_SUFFIX
+                from porover.methods.evorefuse.prompts import MUTATION_PREFIX, MUTATION_SUFFIX
 
                 template = len(MUTATION_PREFIX + MUTATION_SUFFIX) / CHARS_PER_TOKEN
                 calls = seeds * per_seed * (2 if p["safety_filter"] in ("auto", "llm") else 1)  # rewrite + filter

@@ -122,9 +122,9 @@ class _Substituter:
         out = dict(settings)
         out[model_field] = self.change(f"{key}.{model_field}", settings.get(model_field), self.served,
                                        "served by the local transformers serve (endpoint stand-in)")
-        out["base_url"] = self.change(f"{key}.base_url", settings.get("base_url", ""), self.base_url,
+        out["base_url"] = self.change(f"{key}.base_url", settings.get("base_url"), self.base_url,
                                       "the local transformers serve on loopback")
-        out["api_key_env"] = self.change(f"{key}.api_key_env", settings.get("api_key_env", "OPENAI_API_KEY"), "",
+        out["api_key_env"] = self.change(f"{key}.api_key_env", settings.get("api_key_env"), "",
                                          "the local server needs no key")
         return out
 

@@ -39,8 +39,11 @@ def _replay(params: dict, key: str, original, standin) -> None:
         return
     mapping = params[field]
     names = sorted(mapping, key=len, reverse=True)  # prompt-set names may hold dots or colons
-    name = next(n for n in names if rest == n or rest.startswith(n + "."))
-    if rest == name and original == name:  # a renamed key (hub dataset -> local file)
+    name = next((n for n in names if rest == n or rest.startswith(n + ".")), None)
+    if name is None:  # a setting the file leaves out (an endpoint's base_url)
+        assert original is None, key
+        mapping[rest] = standin
+    elif rest == name and original == name:  # a renamed key (hub dataset -> local file)
         mapping[standin] = mapping.pop(name)
     elif rest == name:
         assert mapping[name] == original, key
@@ -54,17 +57,21 @@ def test_substitution_changes_nothing_it_does_not_list(tmp_path):
     raw = yaml.safe_load(PAPER.read_text())
     models = _fake_models(tmp_path, raw)
     hub_files = rehearsal.write_hub_standins(rehearsal.hub_sets(raw), tmp_path, 8)
-    served = str(tmp_path / "models" / "served")
+    served = tmp_path / "models" / "served"
+    served.mkdir()
+    (served / "config.json").write_text("{}")
+    served = str(served)
     out, substitutions = rehearsal.substitute(PAPER, rehearsal.Size(), models, served, "http://127.0.0.1:9/v1", hub_files)
     assert substitutions and all(s.file == str(PAPER) for s in substitutions)
     keys = [s.key for s in substitutions]
     assert len(keys) == len(set(keys)) + sum(s.original == s.key.rsplit(".", 1)[-1] for s in substitutions)
     file = tmp_path / "rehearsal.yaml"
-    file.write_text(yaml.safe_dump(out))
+    file.write_text(yaml.safe_dump(out, sort_keys=False))
     original, rehearsed = load_run_params(PAPER, environment=False), load_run_params(file)
     assert list(rehearsed.stages) == list(original.stages)  # the stage graph as written
     expected = {name: json.loads(json.dumps(stage.params)) for name, stage in original.stages.items()}
-    for s in substitutions:
+    renames_last = sorted(substitutions, key=lambda s: s.original == s.key.rsplit(".", 1)[-1])
+    for s in renames_last:
         if s.key.startswith("stages."):
             stage, _, key = s.key[len("stages."):].partition(".")
             _replay(expected[stage], key, s.original, s.standin)
@@ -102,10 +109,11 @@ def nothing_generates(monkeypatch):
     monkeypatch.setattr(generation, "make_backend", lambda *a, **k: pytest.fail("generation started"))
 
 
-def test_an_unknown_key_in_a_stage_the_demo_never_uses_fails_naming_file_and_key(tmp_path, nothing_generates):
-    broken = _broken(tmp_path, "    keep_longest: 20\n", "    keep_longest: 20\n    keep_shortest: 5\n")
-    assert "dro" not in yaml.safe_load((ROOT / "params" / "demo.yaml").read_text())["stages"]
-    with pytest.raises(ValueError, match=re.escape(f"{broken}: stages.dro.keep_shortest: unknown key")):
+def test_a_mistyped_key_the_demo_never_sets_fails_naming_file_and_key(tmp_path, nothing_generates):
+    broken = _broken(tmp_path, "    price_per_1m_output: 10.0", "    price_per_1m_ouput: 10.0")
+    demo = yaml.safe_load((ROOT / "params" / "demo.yaml").read_text())["stages"]
+    assert not any("price_per_1m_output" in body for body in demo.values())  # only the paper file prices calls
+    with pytest.raises(ValueError, match=re.escape(f"{broken}: stages.overgenerate.price_per_1m_ouput: unknown key")):
         rehearsal.rehearse(broken, outputs=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
