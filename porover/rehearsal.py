@@ -160,9 +160,12 @@ class _Substituter:
         for field, model_field in BACKEND_FIELDS.items():
             if params.get(field) == "vllm":
                 set_(field, "transformers", "no vLLM on a CPU")
-        if params.get("backend") == "openai" or params.get("mutator_backend") == "openai":
-            served_fields = [f for f, m in (("backend", "teacher"), ("mutator_backend", "mutator"))
-                             if params.get(f) == "openai"]
+        if params.get("mutator_backend") == "openai":
+            set_("mutator_backend", "offline", "the endpoint stand-in cannot write EvoRefuse's bracketed rewrites "
+                                               "and 'safe' verdicts; the offline operators stand in")
+            params = {**params, "mutator_backend": "offline"}
+        if params.get("backend") == "openai":
+            served_fields = ["backend"]
             for field in served_fields:
                 model_field = BACKEND_FIELDS[field]
                 set_(model_field, self.served, "served by the local transformers serve (endpoint stand-in)")
