@@ -186,6 +186,7 @@ def test_label_model_answers_both_labels_by_content():
     assert answers == {"full_compliance", " full_refusal"}
 
 
+@pytest.mark.slow  # ~10-15 min on the shared 2 cores (17 papermill stages, 3 two-process launches); see the report
 def test_rehearsal_of_the_paper_file(tmp_path, capsys):
     """``params/paper.yaml`` end to end: every stage, FSDP/ZeRO-3 stages as DDP on 2 CPU processes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
