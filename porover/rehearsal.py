@@ -6,8 +6,10 @@ selection, thresholds, data splits, LoRA or full training, the accelerate config
 
 * Each model id -> a tiny random-initialised model of the same architecture family with the family's real
   tokenizer and chat template (`porover.standins`).
-* Endpoint models (GPT-4o: teachers, judges, mutators) -> one real ``transformers serve`` on loopback serving
-  the label model of `porover.standins.label_model`, shared by every stage; no API key.
+* Endpoints (GPT-4o as teacher, judge, mutator) -> one real OpenAI-compatible HTTP server on loopback, shared by
+  every stage, whose replies a small deterministic program writes in the format each request asks for
+  (`porover.generation.standin_endpoint`); the model names stay as written, no key is sent. Their token budgets
+  stay as written (the stand-in's replies are short).
 * vLLM backends -> the transformers backend (no vLLM on a CPU).
 * Hub datasets -> a local file of a few prompts in the same columns (nothing is downloaded).
 * Prompt counts, sample counts, iterations and token budgets -> a few (`Size`); ``min_pairs`` -> 1 (a few
@@ -39,7 +41,11 @@ MODEL_FIELDS = ("model", "teacher", "toxic_teacher", "student", "target", "mutat
                 "anchor_rejected_from", "chat_template")
 # backend field -> the field naming the model it serves
 BACKEND_FIELDS = {"backend": "teacher", "mutator_backend": "mutator", "student_backend": "student"}
-SERVED = "endpoint stand-in"
+# Model field -> its token budget (the first of these fields the stage has: preference_data's teacher has its own,
+# overgenerate's does not). When the endpoint serves that model the budget stays as written: the stand-in answers
+# in a few tokens at no cost, and a cut budget would cut its replies short of their format.
+ENDPOINT_BUDGETS = {"teacher": ("teacher_max_new_tokens", "max_new_tokens"), "mutator": ("mutator_max_new_tokens",)}
+ENDPOINT_WHY = "the stand-in endpoint on loopback (porover.generation.standin_endpoint) instead of the API"
 
 
 @dataclass(frozen=True)
@@ -73,20 +79,34 @@ def _is_hub_id(value: object) -> bool:
             and not value.startswith(("http://", "https://")))
 
 
-def _cpu_engine(name: str) -> str:
-    """``ddp`` for an accelerate config that shards over GPUs (FSDP, DeepSpeed), else the config as written."""
+def _cpu_engine(name: str) -> tuple[str, str]:
+    """(config, why) for an accelerate config on this CPU: FSDP -> ``ddp`` (accelerate runs FSDP on accelerator
+    ranks only), DeepSpeed as written where the package is installed (else ``ddp``), anything else as written."""
+    import importlib.util
+
+    from porover.stages.launch import config_engine
     from porover.stages.training import accelerate_config_path
 
-    body = yaml.safe_load(accelerate_config_path(name).read_text()) or {}
-    return "ddp" if body.get("distributed_type") in ("FSDP", "DEEPSPEED") else name
+    engine = config_engine(accelerate_config_path(name))
+    if engine == "FSDP":
+        return "ddp", ("accelerate 1.16 turns FSDP on for accelerator ranks only (AcceleratorState: distributed_type "
+                       "in MULTI_GPU...MULTI_NEURON); CPU ranks are MULTI_CPU: DDP over gloo here")
+    if engine == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        return "ddp", "deepspeed is not installed here (pip install deepspeed runs it on the CPU): DDP over gloo"
+    return name, ""
 
 
 def preflight(run) -> list[str]:
     """What would fail once a training stage starts, checked now: accelerate's own reading of each launch config."""
-    from porover.stages.training import accelerate_config_problems
+    from porover.stages.launch import accelerate_config_problems
 
     return [problem for name, stage in run.stages.items() if "accelerate_config" in stage.params
             for problem in accelerate_config_problems(stage.type.params(**stage.params), f"{run.path}: stages.{name}")]
+
+
+def _budget_of(model_field: str, params: dict) -> str | None:
+    """The token-budget field of the model in ``model_field`` (`ENDPOINT_BUDGETS`), None if it has none."""
+    return next((budget for budget in ENDPOINT_BUDGETS.get(model_field, ()) if budget in params), None)
 
 
 def _cut(count: int | None, limit: int) -> int:
@@ -96,9 +116,8 @@ def _cut(count: int | None, limit: int) -> int:
 class _Substituter:
     """Applies the rules to one run file; collects `Substitution`s and the files and models it needs."""
 
-    def __init__(self, path: str, size: Size, models: dict[str, str], served: str, base_url: str,
-                 hub_files: dict[str, str]) -> None:
-        self.path, self.size, self.models, self.served, self.base_url = path, size, models, served, base_url
+    def __init__(self, path: str, size: Size, models: dict[str, str], base_url: str, hub_files: dict[str, str]) -> None:
+        self.path, self.size, self.models, self.base_url = path, size, models, base_url
         self.hub_files = hub_files
         self.done: list[Substitution] = []
         self.missing: list[str] = []
@@ -112,20 +131,17 @@ class _Substituter:
         if isinstance(value, str) and value in self.models:
             return self.change(key, value, self.models[value], "tiny random-initialised model of the same family "
                                                                 "with its real tokenizer and chat template")
-        if _is_hub_id(value) and value != self.served:
+        if _is_hub_id(value):
             self.missing.append(f"{self.path}: {key}: no stand-in is known for {value!r} "
                                 f"(known: {', '.join(self.models)})")
         return value
 
-    def endpoint(self, key: str, settings: dict, model_field: str) -> dict:
-        """An OpenAI-endpoint settings mapping pointed at the local server (its model is whatever it serves)."""
+    def endpoint(self, key: str, settings: dict) -> dict:
+        """An OpenAI-endpoint settings mapping pointed at the stand-in endpoint (the model name stays as written)."""
         out = dict(settings)
-        out[model_field] = self.change(f"{key}.{model_field}", settings.get(model_field), self.served,
-                                       "served by the local transformers serve (endpoint stand-in)")
-        out["base_url"] = self.change(f"{key}.base_url", settings.get("base_url"), self.base_url,
-                                      "the local transformers serve on loopback")
+        out["base_url"] = self.change(f"{key}.base_url", settings.get("base_url"), self.base_url, ENDPOINT_WHY)
         out["api_key_env"] = self.change(f"{key}.api_key_env", settings.get("api_key_env"), "",
-                                         "the local server needs no key")
+                                         "the stand-in endpoint needs no key (none is sent anywhere)")
         return out
 
     def settings(self, key: str, value: dict) -> dict:
@@ -136,7 +152,7 @@ class _Substituter:
         if out.get("backend") == "vllm":
             out["backend"] = self.change(f"{key}.backend", "vllm", "transformers", "no vLLM on a CPU")
         if out.get("backend") == "openai":
-            return self.endpoint(key, out, "model")
+            return self.endpoint(key, out)
         if "model" in out:
             out["model"] = self.model(f"{key}.model", out["model"])
         return out
@@ -157,33 +173,27 @@ class _Substituter:
         size, key = self.size, f"stages.{name}"
         body = {k: v for k, v in body.items()}
         set_ = lambda field, new, why: body.__setitem__(field, self.change(f"{key}.{field}", params[field], new, why))  # noqa: E731
-        for field, model_field in BACKEND_FIELDS.items():
+        for field in BACKEND_FIELDS:
             if params.get(field) == "vllm":
                 set_(field, "transformers", "no vLLM on a CPU")
-        if params.get("mutator_backend") == "openai":
-            set_("mutator_backend", "offline", "the endpoint stand-in cannot write EvoRefuse's bracketed rewrites "
-                                               "and 'safe' verdicts; the offline operators stand in")
-            params = {**params, "mutator_backend": "offline"}
-        if params.get("backend") == "openai":
-            served_fields = ["backend"]
-            for field in served_fields:
-                model_field = BACKEND_FIELDS[field]
-                set_(model_field, self.served, "served by the local transformers serve (endpoint stand-in)")
-                if model_field == "teacher" and params.get("toxic_teacher"):
-                    set_("toxic_teacher", self.served, "served by the local transformers serve (endpoint stand-in)")
-            set_("base_url", self.base_url, "the local transformers serve on loopback")
-            set_("api_key_env", "", "the local server needs no key")
+        served = {model_field for field, model_field in BACKEND_FIELDS.items() if params.get(field) == "openai"}
+        if "teacher" in served and "toxic_teacher" in params:
+            served.add("toxic_teacher")
+        if served:  # the stage's endpoint settings serve them all (EndpointParams)
+            set_("base_url", self.base_url, ENDPOINT_WHY)
+            set_("api_key_env", "", "the stand-in endpoint needs no key (none is sent anywhere)")
         for field in MODEL_FIELDS:
-            if field in params and body.get(field) != self.served:
+            if field in params and field not in served:  # an endpoint's model name stays as written
                 new = self.model(f"{key}.{field}", params[field])
                 if new != params[field]:
                     body[field] = new
+        endpoint_budgets = {_budget_of(model_field, params) for model_field in served} - {None}
         for field, value in params.items():
             if field.endswith("_settings") and isinstance(value, dict) and value:
                 body[field] = self.settings(f"{key}.{field}", value)
             elif field in PROMPT_SETS and isinstance(value, dict):
                 body[field] = self.prompt_sets(f"{key}.{field}", value)
-            elif field in TOKEN_BUDGETS and isinstance(value, int):
+            elif field in TOKEN_BUDGETS and isinstance(value, int) and field not in endpoint_budgets:
                 set_(field, min(value, size.tokens), "token budget")
         rules = {
             "max_length": (lambda v: min(v, size.length), "sequence length"),
@@ -201,14 +211,16 @@ class _Substituter:
             "max_steps": (lambda v: v if v < 0 else min(v, size.steps), "optimizer steps"),
             "min_pairs": (lambda v: min(v, 1), "a few prompts cannot give the paper's pair count"),
             "num_processes": (lambda v: min(v, size.processes), "processes on this CPU"),
-            "accelerate_config": (_cpu_engine, "accelerate 1.16 runs FSDP and DeepSpeed only on accelerator devices "
-                                               "(its CPU ranks are MULTI_CPU): DDP over gloo here"),
         }
         for field, (rule, why) in rules.items():
             if field in params and (params[field] is not None or field == "n_pairs"):
                 new = rule(params[field])
                 if new != params[field]:
                     set_(field, new, why)
+        if "accelerate_config" in params:
+            config, why = _cpu_engine(params["accelerate_config"])
+            if config != params["accelerate_config"]:
+                set_("accelerate_config", config, why)
         if params.get("device") not in (None, "cpu", "auto") and "device" in body:
             set_("device", "cpu", "this machine has no GPU")
         return body
@@ -238,7 +250,7 @@ def write_hub_standins(names: list[str], folder: Path, count: int, seed: int = 0
     return files
 
 
-def substitute(path: str | Path, size: Size, models: dict[str, str], served: str, base_url: str,
+def substitute(path: str | Path, size: Size, models: dict[str, str], base_url: str,
                hub_files: dict[str, str]) -> tuple[dict, list[Substitution]]:
     """The rehearsal's run file (as a mapping) and every setting it changed.
 
@@ -246,8 +258,7 @@ def substitute(path: str | Path, size: Size, models: dict[str, str], served: str
         path: The run file, valid as written (`porover.run_file.load_run_params` has passed).
         size: How far counts and budgets are cut.
         models: Model id -> stand-in folder.
-        served: The model name requests to the local server use.
-        base_url: The local server's URL.
+        base_url: The stand-in endpoint's URL.
         hub_files: Hub dataset name -> local stand-in file.
 
     Raises:
@@ -259,7 +270,7 @@ def substitute(path: str | Path, size: Size, models: dict[str, str], served: str
     raw = yaml.safe_load(Path(path).read_text())
     run = load_run_params(path, environment=False)
     out = copy.deepcopy(raw)
-    rules = _Substituter(path, size, models, served, base_url, hub_files)
+    rules = _Substituter(path, size, models, base_url, hub_files)
     if raw.get("device") not in (None, "cpu", "auto"):
         out["device"] = rules.change("device", raw["device"], "cpu", "this machine has no GPU")
     out["run_name"] = rules.change("run_name", run.run_name, f"{run.run_name}-rehearsal",
@@ -296,10 +307,10 @@ def rehearse(path: str | Path, size: Size = Size(), outputs: str = "outputs", ec
             model has no stand-in, before anything is built, served or generated.
     """
     from porover.costs import estimate_costs, format_costs
-    from porover.generation.serve import local_server
+    from porover.generation.standin_endpoint import standin_endpoint
     from porover.run_file import load_run_params
     from porover.runner import run_pipeline, runs_folder
-    from porover.standins import label_model, standin_model
+    from porover.standins import standin_model
 
     path = str(path)
     original = load_run_params(path, environment=False)  # the file as written: fails here, before any work
@@ -312,10 +323,9 @@ def rehearse(path: str | Path, size: Size = Size(), outputs: str = "outputs", ec
     echo(f"rehearsing {path} in {folder}: building stand-ins")
     models = {model_id: str(standin_model(model_id)) for model_id in model_ids(raw)}
     hub_files = write_hub_standins(hub_sets(raw), folder / "standin_data", size.prompts * 4)
-    served = str(label_model())
     rehearsal_file = folder / "rehearsal.yaml"
-    with local_server(served, folder / "endpoint_server.log") as base_url:
-        rehearsal, substitutions = substitute(path, size, models, served, base_url, hub_files)
+    with standin_endpoint(folder / "endpoint_requests.jsonl") as base_url:
+        rehearsal, substitutions = substitute(path, size, models, base_url, hub_files)
         rehearsal_file.write_text(f"# Rehearsal of {path} (porover rehearse); substitutions in substitutions.txt\n"
                                   + yaml.safe_dump(rehearsal, sort_keys=False))
         (folder / "substitutions.txt").write_text("\n".join(map(str, substitutions)) + "\n")

@@ -7,10 +7,7 @@ settings (MOSR's target layers, representation layers) stay valid. The tokenizer
 tiktoken ranks file vendored in ``porover/data/llama3/`` (see its SOURCE.md: Llama 3 / 3.1 Community
 Licenses) the way transformers converts it, with the special tokens of that Llama version; the chat templates
 are the real ones where a verified copy exists (Llama 3.1 Instruct, Llama Guard 3), else stated in `STANDINS`.
-
-`label_model` builds the endpoint stand-in (what GPT-4o becomes in a rehearsal): a real tiny Llama whose
-greedy answer to any chat is ``full_compliance`` or `` full_refusal``, chosen by the content of the input, so
-judges that parse those labels and the selections that follow them run both ways.
+(Endpoint models such as GPT-4o are stood in for by `porover.generation.standin_endpoint`.)
 """
 
 from __future__ import annotations
@@ -173,74 +170,5 @@ def standin_model(model_id: str, seed: int = 0) -> Path:
         tokenizer.save_pretrained(folder)
         (folder / "STANDIN.json").write_text(json.dumps({"stands_in_for": model_id, "random_init": True,
                                                          "seed": seed, "note": spec.note}, indent=1))
-
-    return _save_atomically(target, write)
-
-
-def label_model(strength: float = 8.0) -> Path:
-    """The endpoint stand-in: a real tiny Llama (Llama 3.1 Instruct's tokenizer and template) whose greedy answer
-    to any chat is ``full_compliance`` or `` full_refusal`` (XSTest's judge labels), chosen by the input's content.
-
-    How: MLP and queries are zero, so each layer's attention is a plain average over the positions so far. One
-    hidden dimension carries a fixed random value per token, which the first layer averages into a second
-    dimension; the LM head maps that average's sign to ``full`` or `` full`` after the assistant header's last
-    token. Every other step follows a bigram chain (each answer token's own direction points at its successor),
-    ending with ``<|eot_id|>``. The sign is a function of the whole prompt, so different prompts get different labels.
-    """
-    target = cache_dir() / "standins" / f"endpoint-labels-{_key('labels', strength)}"
-
-    def write(folder: Path) -> None:
-        import torch
-        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-        tokenizer = llama3_tokenizer("3.1", "llama3_1_instruct_chat_template.jinja", "<|eot_id|>")
-        one = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-        start = one("<|start_header_id|>assistant<|end_header_id|>\n\n")[-1]
-        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-        chains = [one("full_compliance"), one(" full_refusal")]
-        transitions = {}
-        for chain in chains:
-            transitions.update(zip(chain, chain[1:]))
-            transitions[chain[-1]] = eot
-        sources = [start, *transitions]
-        assert len(set(sources)) == len(sources), "the answer tokens must be distinct for a bigram walk"
-        width = len(sources) + 3  # one direction per source, a shared one, the per-token value, its average
-        width += -width % 8
-        shared, value, average = len(sources), len(sources) + 1, len(sources) + 2
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4, num_hidden_layers=1,
-                             num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=131072,
-                             tie_word_embeddings=False, bos_token_id=128000, eos_token_id=eot)
-        model = LlamaForCausalLM(config).eval()
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for weight in model.parameters():
-                if weight.dim() > 1:
-                    weight.zero_()
-            embed, head = model.model.embed_tokens.weight, model.lm_head.weight
-            attention = model.model.layers[0].self_attn
-            embed[:, shared] = 1.0
-            embed[:, value] = torch.randn(embed.shape[0], generator=generator)
-            # The chat template's own tokens carry no value: the label depends on the conversation's content only.
-            frame = tokenizer.apply_chat_template([{"role": "system", "content": ""}, {"role": "user", "content": ""}],
-                                                  add_generation_prompt=True, tokenize=False)
-            embed[one(frame), value] = 0.0
-            attention.v_proj.weight[value, value] = 1.0  # one head of full width: v reads the value...
-            attention.o_proj.weight[average, value] = 4.0  # ...and the average lands in its own dimension
-            head[eot, shared] = strength  # any other token: end the turn
-            for d, source in enumerate(sources):
-                embed[source] = 0.0
-                embed[source, d] = 1.0
-                embed[source, value] = 0.0
-                if source == start:
-                    head[chains[0][0], d] = head[chains[1][0], d] = strength
-                else:
-                    head[transitions[source], d] = strength
-            head[chains[0][0], average] = strength / 2
-            head[chains[1][0], average] = -strength / 2
-        model.generation_config = GenerationConfig(bos_token_id=128000, eos_token_id=[eot], do_sample=False)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        (folder / "STANDIN.json").write_text(json.dumps({"stands_in_for": "an OpenAI-compatible endpoint model",
-                                                         "answers": ["full_compliance", " full_refusal"]}, indent=1))
 
     return _save_atomically(target, write)

@@ -343,7 +343,7 @@ def evaluate_thresholds(params: RefusalTokenParams):
 
 def run_refusal_tokens(params: RefusalTokenParams) -> dict:
     """The whole stage outside a notebook: data, training, sweep, thresholds. Returns the training log."""
-    from porover.stages.training import run_training
+    from porover.stages.launch import run_training
 
     build_training_data(params)
     log = run_training(params)
