@@ -144,6 +144,19 @@ class _Substituter:
                                          "the stand-in endpoint needs no key (none is sent anywhere)")
         return out
 
+    def precision(self, key: str, config_name: str) -> None:
+        """List the launch's fp32 on the CPU (`porover.stages.launch.launch_command`) for a sharded config whose
+        file asks for mixed precision (the setting lives in that file, which the rehearsal does not rewrite)."""
+        from porover.stages.launch import config_engine
+        from porover.stages.training import accelerate_config_path
+
+        path = accelerate_config_path(config_name)
+        precision = (yaml.safe_load(path.read_text()) or {}).get("mixed_precision", "no")
+        if config_engine(path) and precision != "no":
+            self.done.append(Substitution(str(path), "mixed_precision", precision, "no", f"{key}'s launch on the CPU "
+                                          "(fp32: transformers refuses bf16 without a bf16 GPU unless use_cpu, and "
+                                          "use_cpu turns DeepSpeed off)"))
+
     def settings(self, key: str, value: dict) -> dict:
         """Judge / reward settings: one backend's settings, or a mapping of judge name -> settings."""
         if value and all(isinstance(v, dict) for v in value.values()):
@@ -221,6 +234,8 @@ class _Substituter:
             config, why = _cpu_engine(params["accelerate_config"])
             if config != params["accelerate_config"]:
                 set_("accelerate_config", config, why)
+            elif params.get("num_processes", 1) > 1:
+                self.precision(key, config)
         if params.get("device") not in (None, "cpu", "auto") and "device" in body:
             set_("device", "cpu", "this machine has no GPU")
         return body

@@ -126,9 +126,10 @@ def llama3_tokenizer(version: str = "3.1", chat_template: str | None = None, eos
     return tokenizer
 
 
-def _key(*parts) -> str:
-    vendored = {p.name: file_digest(p) for p in sorted(LLAMA3_DIR.iterdir()) if p.is_file()}
-    return digest_of([BUILD_VERSION, vendored, *parts])[:16]
+def _key(spec: StandIn, *parts) -> str:
+    """The cache key of a stand-in: what it is built from (the vendored files it reads, by content) and how."""
+    read = ["tokenizer.model.xz"] + ([spec.chat_template] if spec.chat_template else [])
+    return digest_of([BUILD_VERSION, {name: file_digest(LLAMA3_DIR / name) for name in read}, spec, *parts])[:16]
 
 
 def _save_atomically(target: Path, write) -> Path:
@@ -152,7 +153,7 @@ def standin_model(model_id: str, seed: int = 0) -> Path:
         KeyError: No stand-in is known for ``model_id`` (see `STANDINS`).
     """
     spec = STANDINS[model_id]
-    target = cache_dir() / "standins" / f"{model_id.replace('/', '--')}-{_key(model_id, spec, LLAMA_3_1_8B, seed)}"
+    target = cache_dir() / "standins" / f"{model_id.replace('/', '--')}-{_key(spec, model_id, LLAMA_3_1_8B, seed)}"
 
     def write(folder: Path) -> None:
         import torch

@@ -110,6 +110,8 @@ def launch_command(params, params_file: str | Path | None = None) -> list[str]:
 
     The stage parameters are written to ``params_file`` (default ``<stage>/launch_params.yaml``), which
     ``python -m porover.train_cli`` reads back, so the launched run trains exactly what the notebook asked for.
+    DeepSpeed on the CPU trains in fp32 (``--mixed_precision no``), as every stage does there: transformers
+    refuses bf16 without a bf16 GPU unless ``use_cpu``, and ``use_cpu`` turns DeepSpeed off (`trainer_config`).
     """
     kind = params.kind
     config = launch_config(params)
@@ -117,8 +119,10 @@ def launch_command(params, params_file: str | Path | None = None) -> list[str]:
     params_file.parent.mkdir(parents=True, exist_ok=True)
     params_file.write_text(yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
     accelerate = Path(sys.executable).with_name("accelerate")
+    precision = ["--mixed_precision", "no"] if launch_device(params) == "cpu" and config_engine(config) else []
     return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--config_file", str(config),
-            "--num_processes", str(params.num_processes), "-m", "porover.train_cli", kind, str(params_file)]
+            *precision, "--num_processes", str(params.num_processes), "-m", "porover.train_cli", kind,
+            str(params_file)]
 
 
 def launch_env(params) -> dict[str, str]:
