@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -93,12 +94,29 @@ def preference_dataset(pairs: list[dict], loss_type: str = "sigmoid"):
                                "rejected": turn("assistant", p["rejected"])} for p in pairs])
 
 
+def shared_dataset(dataset, folder: Path, args):
+    """``dataset`` saved in ``folder`` by the first rank and read back by every rank, so that its cache files are
+    where every rank looks. TRL's precomputed reference log-probabilities are such a cache file, written by rank 0
+    and read by all; an in-memory dataset keeps its cache files in a temporary folder of each process, where the
+    other ranks never find rank 0's: a FileNotFoundError on every multi-process run with
+    ``precompute_ref_log_probs``, as the paper's full-fine-tuning DPO (``args``: the stage's TRL config, whose
+    ranks these are)."""
+    from datasets import load_from_disk
+
+    with args.main_process_first(local=False, desc="saving the training pairs"):
+        if args.process_index == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            dataset.save_to_disk(str(folder))
+    return load_from_disk(str(folder))
+
+
 def run_preference_optimization(params: PreferenceOptimizationParams, callbacks: list | None = None) -> dict:
     """DPO (or TRL's other pairwise losses, or KTO) on the POROver pairs; returns the training log.
 
     With LoRA the reference model is the policy with its adapter disabled (``ref_model=None``); with full
     fine-tuning the reference log-probabilities are computed once before training
-    (``precompute_ref_log_probs``).
+    (``precompute_ref_log_probs``), kept in ``dataset/`` beside the checkpoints (`shared_dataset`) until the stage
+    finished.
     """
     if (log := finished_log(params)) is not None:
         return log
@@ -112,8 +130,12 @@ def run_preference_optimization(params: PreferenceOptimizationParams, callbacks:
         extra.update(loss_type=[params.loss_type], label_smoothing=params.label_smoothing)
     path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    args = trainer_config(params, KTOConfig if kto else DPOConfig, **extra)
+    dataset = shared_dataset(preference_dataset(pairs, params.loss_type), params.stage_dir / "dataset", args)
     trainer = (KTOTrainer if kto else DPOTrainer)(
-        model=path, ref_model=None, args=trainer_config(params, KTOConfig if kto else DPOConfig, **extra),
-        train_dataset=preference_dataset(pairs, params.loss_type), processing_class=tokenizer,
+        model=path, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(params), callbacks=callbacks)
-    return _train_and_save(trainer, params, tokenizer)
+    log = _train_and_save(trainer, params, tokenizer)
+    if trainer.accelerator.is_main_process and not params.keep_checkpoints:
+        shutil.rmtree(params.stage_dir / "dataset", ignore_errors=True)
+    return log
