@@ -23,7 +23,7 @@ JUDGE_OUTPUT_TOKENS = 16  # XSTest's judge budget (porover.judges.llm.STYLES)
 class Throughput:
     """Tokens per second per GPU that GPU hours are computed with; the defaults are assumptions for an 8B model
     on H100-class GPUs (989 dense bf16 TFLOP/s): 40% MFU at 6N FLOPs per trained token (full fine-tuning;
-    LoRA 4N, DPO 8N with precomputed reference log-probs) and ~7,000 generated tokens/s per GPU for batched
+    LoRA 4N; DPO adds the reference forward, 2N, at every step or once when precomputed) and ~7,000 generated tokens/s per GPU for batched
     ``generate`` in bf16 (memory-bound: 16 GB of weights read per step at ~3.3 TB/s, batch 64, half efficiency).
     Replace them with `benchmarks/gpu_paper_scale.py`'s measurements."""
 
@@ -200,8 +200,9 @@ def _training(cost: StageCost, p: dict, rows: int, throughput: Throughput, pairs
         sequences = rows * epochs
     tokens = int(sequences * p["max_length"] * (2 if pairs else 1))  # a pair is two sequences
     flops = 4.0 if p.get("lora") else 6.0
-    if pairs:
-        flops += 2.0 if p.get("precompute_ref_log_probs") or p.get("lora") else 2.0
+    if pairs:  # the reference forward (2N): once per pair when precomputed, else at every step
+        precomputed = p.get("precompute_ref_log_probs") and not p.get("lora") and epochs
+        flops += 2.0 / epochs if precomputed else 2.0
     cost.train_tokens += tokens
     cost.gpu_hours += tokens / throughput.train_tokens_per_s(flops) / 3600
 

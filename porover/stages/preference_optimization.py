@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import yaml
+
 from porover.config import is_stage_ref, param
 from porover.model_folders import open_model
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
+from porover.stages.training import (TrainingParams, _train_and_save, accelerate_config_path, finished_log, lora_config,
+                                     trainer_config)
 from porover.store import read_jsonl
 
 NOTEBOOK = "05_preference_optimization.ipynb"
@@ -58,9 +61,22 @@ class PreferenceOptimizationParams(TrainingParams):
                 errors.append(f"{where}.pairs: {error}")
         if self.loss_type == "kto" and self.per_device_train_batch_size < 2:
             errors.append(f"{where}.per_device_train_batch_size: KTO estimates its KL term within a batch; give >= 2")
+        if self.num_processes > 1 and not self.lora and self.precompute_ref_log_probs and _zero_stage(self) == 3:
+            errors.append(f"{where}.precompute_ref_log_probs: true with a DeepSpeed ZeRO-3 config "
+                          f"({self.accelerate_config}): TRL 1.16 precomputes in a second ZeRO-3 engine around the "
+                          "policy, and the first training step then fails in DeepSpeed's parameter coordinator "
+                          "(IndexError: pop from an empty deque); give precompute_ref_log_probs: false (the "
+                          "reference model is then kept, sharded like the policy) or a ZeRO-2 config")
         if not self.kinds or set(self.kinds) - set(PAIR_KINDS):
             errors.append(f"{where}.kinds: expected a non-empty list of {', '.join(PAIR_KINDS)}, got {self.kinds}")
         return errors
+
+
+def _zero_stage(params) -> int | None:
+    """The DeepSpeed ZeRO stage of the stage's accelerate config (None: not DeepSpeed, or no such file)."""
+    config = accelerate_config_path(params.accelerate_config)
+    body = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
+    return (body.get("deepspeed_config") or {}).get("zero_stage") if body.get("distributed_type") == "DEEPSPEED" else None
 
 
 def load_pairs(path: str | Path, kinds=PAIR_KINDS, max_pairs: int | None = None, min_pairs: int = 1) -> list[dict]:
