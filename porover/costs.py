@@ -17,6 +17,10 @@ from functools import lru_cache
 CHARS_PER_TOKEN = 4.0  # English text in Llama 3's and GPT-4o's tokenizers: about four characters per token
 HUB_PROMPT_TOKENS = 40  # a prompt of a hub set, which is not read here
 JUDGE_OUTPUT_TOKENS = 16  # XSTest's judge budget (porover.judges.llm.STYLES)
+# EvoRefuse's mutation system prompt (the authors' prefix, one strategy, their suffix), mean over the nine strategies
+# in characters; tests/test_rehearsal.py keeps it equal to porover.methods.evorefuse.prompts (not imported here:
+# shared modules name no method).
+MUTATION_SYSTEM_CHARS = 1039
 
 
 @dataclass(frozen=True)
@@ -151,9 +155,7 @@ def estimate_costs(run, throughput: Throughput = Throughput()) -> list[StageCost
             seeds, tokens = prompt_count(p["seeds"], outputs, cost.notes)
             per_seed = p["iterations"] * (p["max_mutation_rounds"] * len(p["strategies"]) + p["n_recombinations"])
             if p["mutator_backend"] == "openai":
-                from porover.methods.evorefuse.prompts import MUTATION_PREFIX, MUTATION_SUFFIX
-
-                template = len(MUTATION_PREFIX + MUTATION_SUFFIX) / CHARS_PER_TOKEN
+                template = MUTATION_SYSTEM_CHARS / CHARS_PER_TOKEN
                 calls = seeds * per_seed * (2 if p["safety_filter"] in ("auto", "llm") else 1)  # rewrite + filter
                 _calls(cost, p["mutator"], calls, calls * (template + tokens / max(seeds, 1)),
                        calls * p["mutator_max_new_tokens"], prices)
