@@ -142,6 +142,20 @@ def _resume_point(params) -> str | None:
     return get_last_checkpoint(str(folder)) if compatible else None
 
 
+def seed_initialisation(params) -> None:
+    """Seed Python, NumPy and torch with the stage's ``seed`` before a stage initialises weights itself.
+
+    Call it before anything random happens outside the trainer: new token rows drawn by
+    ``resize_token_embeddings`` (mean resizing samples them), LoRA matrices made by ``get_peft_model`` before
+    the trainer exists. The trainer seeds only when it is built, and torch seeds each new process from the
+    system's entropy, so an initialisation before it differed from run to run (and drifted the losses from
+    step 2 on). TRL's trainers seed before they wrap a model in PEFT; this covers the stages that do it first.
+    """
+    from transformers import set_seed
+
+    set_seed(params.seed)
+
+
 def lora_config(params):
     """The PEFT LoRA config of the stage, or None for full fine-tuning."""
     if not params.lora:

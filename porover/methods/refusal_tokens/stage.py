@@ -33,7 +33,8 @@ from porover.methods.refusal_tokens.inference import RefusalTokenModel
 from porover.methods.refusal_tokens.tokens import (REFUSE, RESPOND, SWEEP_FILE, TokenSpec, read_spec, sweep, token_ids,
                                                    token_probabilities, write_spec)
 from porover.model_folders import mark_model_folder
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
+from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, seed_initialisation,
+                                     trainer_config)
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "07_refusal_tokens.ipynb"
@@ -238,6 +239,7 @@ def _train(params: RefusalTokenParams, rows: list[dict], spec: TokenSpec, callba
     tokenizer = AutoTokenizer.from_pretrained(path)
     settings = device_settings(params.device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if settings.bf16 else "float32")
+    seed_initialisation(params)  # mean resizing draws the new token rows, before the trainer seeds
     new_ids = add_refusal_tokens(model, tokenizer, spec.tokens)
     examples, dropped = tokenized_rows(rows, tokenizer, spec, params.loss_on, params.max_length)
     if not examples:
