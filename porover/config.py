@@ -143,6 +143,20 @@ class StageParams(Settings):
         run_dir = Path(self.run_dir).expanduser()
         return (run_dir if run_dir.is_absolute() else project_root() / run_dir) / self.stage_name
 
+    def lock_run_folder(self) -> "StageParams":
+        """Become the run folder's one writer for the rest of this process (a notebook's validation cell calls it).
+
+        Under the runner this joins the runner's lock (the kernel inherits its token); a notebook run by hand
+        takes the lock itself and holds it until its kernel shuts down (`porover.run_lock`).
+
+        Raises:
+            porover.run_lock.RunLocked: Another writer (a ``porover run``, another kernel) holds the folder.
+        """
+        from porover.run_lock import describe_process, hold_run_lock
+
+        hold_run_lock(self.stage_dir.parent, f"stage {self.stage_name!r} in {describe_process()}")
+        return self
+
     @property
     def store_dir(self) -> Path:
         """The folder of the stage's content-keyed stores (samples, completions): a sweep's copy of a stage

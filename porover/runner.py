@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,6 +30,7 @@ from porover.digests import digest_of, path_digest
 from porover.models import is_adapter_folder, model_digest
 from porover.progress import PLAIN_ENV
 from porover.run_file import RunParams, load_run_params
+from porover.run_lock import RunLock
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "papermill", "openai",
@@ -114,9 +116,13 @@ def runs_folder(outputs: str | Path) -> Path:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2))
-    partial.replace(path)
+    """Write the manifest whole or not at all: a reader (``status``, ``report``, the browser) never sees half."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name + ".", suffix=".partial",
+                                     delete=False, encoding="utf-8") as partial:
+        partial.write(json.dumps(manifest, indent=2))
+        partial.flush()
+        os.fsync(partial.fileno())
+    os.replace(partial.name, path)
 
 
 def read_manifest(run_dir: str | Path) -> dict:
@@ -243,6 +249,8 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     Raises:
         ValueError: Invalid parameters, unknown stage names, or a stage whose input stage never ran,
             before anything runs.
+        porover.run_lock.RunLocked: Another writer holds the run folder (the message names it), before
+            anything runs.
     """
     run = load_run_params(params_path)
     unknown = [s for s in stages or [] if s not in run.stages]
@@ -255,6 +263,12 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
                if target not in selected and not run.output(run_dir, target).exists()]
     if missing:
         raise ValueError(f"{params_path}: " + "; ".join(missing))
+    with RunLock(run_dir, f"porover run {params_path}"):  # one writer; the kernels it starts share the lock
+        return _run_stages(run, params_path, selected, run_dir, force)
+
+
+def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: Path, force: bool) -> dict:
+    """`run_pipeline`'s work, under the run folder's lock."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     manifest = read_manifest(run_dir)
