@@ -276,7 +276,9 @@ def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: 
                      "types": {s: st.type.name for s, st in run.stages.items()},
                      "sweep": [dataclasses.asdict(v) for v in run.variants],
                      "packages": package_versions(), "git_commit": git_commit(), "python": platform.python_version(),
-                     "platform": platform.platform()})
+                     "platform": platform.platform(),
+                     # CPU results repeat bit for bit only at the same thread count (docs/running.md)
+                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count()})
     shutil.copyfile(params_path, run_dir / "params.yaml")
     os.environ[PLAIN_ENV] = "1"  # inherited by the kernels papermill starts
     if not log.handlers:

@@ -124,7 +124,8 @@ def finished_log(params) -> dict | None:
 
 
 def _resume_point(params) -> str | None:
-    """The last checkpoint, if it was written under compatible settings; stale checkpoints are removed."""
+    """The last checkpoint, if it was written under compatible settings; stale checkpoints are removed, and so
+    are incomplete ones (killed while saving: the trainer writes ``trainer_state.json`` into a checkpoint last)."""
     from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -138,6 +139,10 @@ def _resume_point(params) -> str | None:
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(fingerprint, indent=1))
+        for partial in folder.glob("checkpoint-*"):
+            if partial.is_dir() and not (partial / "trainer_state.json").is_file():
+                print(f"removing {partial}: incomplete (the run was killed while saving it)", flush=True)
+                shutil.rmtree(partial)
     state.wait_for_everyone()
     return get_last_checkpoint(str(folder)) if compatible else None
 
