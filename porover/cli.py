@@ -1,4 +1,4 @@
-"""Command line: ``python -m porover run|status|validate PARAMS``, ``report RUN`` and ``judge``.
+"""Command line: ``python -m porover run|status|validate|rehearse PARAMS``, ``report RUN`` and ``judge``.
 
 Imports stay inside the commands: a mistyped argument or a validation answers without importing torch.
 """
@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("params", help="parameters file, or a run folder (its manifest names the file)")
     status.add_argument("--run-name", help="folder under outputs/ (default: the file's run_name)")
     status.add_argument("--outputs", default="outputs", help="parent folder of run folders")
+
+    rehearse = commands.add_parser("rehearse", help="run a run file end to end here with stated stand-ins (tiny models, "
+                                   "a local endpoint, a few prompts), then print its full-scale costs")
+    rehearse.add_argument("params", help="run file, e.g. params/paper.yaml")
+    rehearse.add_argument("--prompts", type=int, default=2, help="prompts per prompt set")
+    rehearse.add_argument("--tokens", type=int, default=8, help="generation token budgets")
+    rehearse.add_argument("--outputs", default="outputs", help="parent folder of run folders")
 
     check = commands.add_parser("validate", help="validate a parameters file without running anything")
     check.add_argument("params")
@@ -68,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
             for stage, state in stage_status(params, run_name, outputs).items():
                 print(f"{stage:24s} {state}")
             return 0
+        if args.command == "rehearse":
+            from porover.rehearsal import Size, rehearse as rehearse_file
+
+            manifest = rehearse_file(args.params, Size(prompts=args.prompts, tokens=args.tokens), outputs=args.outputs)
+            failed = [s for s, r in manifest["stages"].items() if r["status"] == "failed"]
+            print(f"rehearsal of {args.params}: " + (f"FAILED at {', '.join(failed)}" if failed else
+                                                      f"every stage finished ({manifest['run_dir']})"))
+            return 1 if failed else 0
         if args.command == "validate":
             from porover.run_file import load_run_params
 

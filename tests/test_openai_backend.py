@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -26,42 +18,15 @@ pytestmark = pytest.mark.skipif(not embedded_model_available("smollm2-135m-instr
                                 reason="embedded SmolLM2 not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``transformers serve FOLDER`` on 127.0.0.1; needs ``transformers[serving]`` (fastapi, uvicorn)."""
+    """``transformers serve FOLDER`` on 127.0.0.1 (`porover.generation.serve`); needs ``transformers[serving]``."""
     pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+    from porover.generation.serve import local_server
+
     folder = resolve_model("smollm2-135m-instruct")
-    executable = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")
-    process = subprocess.Popen(
-        [executable, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"transformers serve did not start; see {log.name}")
-                time.sleep(1)
-        yield {"base_url": url + "/v1", "model": folder}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # its own session: stops the server and nothing else
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    with local_server(folder, tmp_path_factory.mktemp("serve") / "serve.log") as base_url:
+        yield {"base_url": base_url, "model": folder}
 
 
 def test_backend_generates_and_counts_tokens(server, monkeypatch):

@@ -1,5 +1,6 @@
 """The training stages: real TRL steps on the embedded model at tiny sizes, resume, validation, launch command."""
 
+import importlib.util
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from porover.models import load_model
 from porover.run_file import load_run_params
 from porover.stages.preference_optimization import PreferenceOptimizationParams, run_preference_optimization
 from porover.stages.sft import SFTParams, run_sft
-from porover.stages.training import launch_command, run_training
+from porover.stages.launch import launch_command, launch_env, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(max_steps=2, per_device_train_batch_size=2, max_length=64, save_steps=1, device="cpu", learning_rate=1e-4)
@@ -166,11 +167,20 @@ def test_launch_command_runs_the_same_parameters_under_accelerate(tmp_path, sft_
     dpo = PreferenceOptimizationParams(num_processes=2, accelerate_config=str(ROOT / "configs/accelerate/ddp.yaml"),
                                        run_dir=str(tmp_path))
     assert launch_command(dpo)[-2:] == ["preference_optimization", str(tmp_path / "preference_optimization" / "launch_params.yaml")]
-    # On the CPU, ddp means DDP over gloo (ddp_cpu.yaml); the sharded configs need GPUs.
+    # On the CPU, ddp means DDP over gloo (ddp_cpu.yaml); FSDP needs accelerators; DeepSpeed needs the package.
     on_cpu = SFTParams(**{**params.__dict__, "device": "cpu", "accelerate_config": "ddp"})
     assert launch_command(on_cpu)[3] == str(ROOT / "porover" / "configs" / "accelerate" / "ddp_cpu.yaml")
-    with pytest.raises(ValueError, match="'fsdp' shards the model over GPUs; on the CPU give 'ddp'"):
+    with pytest.raises(ValueError, match="'fsdp' asks for FSDP, which accelerate runs on GPUs .* only, never on CPU "
+                                         "ranks; on the CPU give 'ddp'"):
         launch_command(SFTParams(**{**params.__dict__, "device": "cpu"}))
+    zero3 = SFTParams(**{**params.__dict__, "device": "cpu", "accelerate_config": "deepspeed_zero3"})
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ValueError, match="'deepspeed_zero3' asks for DeepSpeed, which is not installed here"):
+            launch_command(zero3)
+    else:
+        assert launch_command(zero3)[3].endswith("deepspeed_zero3.yaml")
+        assert "ACCELERATE_USE_CPU" not in launch_env(zero3)  # accelerate's CPU mode would turn DeepSpeed off
+    assert launch_env(on_cpu)["ACCELERATE_USE_CPU"] == "true"
 
     launched = []
 
@@ -179,7 +189,7 @@ def test_launch_command_runs_the_same_parameters_under_accelerate(tmp_path, sft_
         assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT) and log_file == tmp_path / "sft" / "launch.log"
         (tmp_path / "sft" / "training_log.json").write_text(json.dumps({"global_step": 7}))
 
-    monkeypatch.setattr("porover.stages.training._launch", fake_launch)
+    monkeypatch.setattr("porover.stages.launch._launch", fake_launch)
     assert run_training(params) == {"global_step": 7} and launched == [command]
     # The entry point the ranks run validates the parameters file before training.
     from porover.train_cli import main
@@ -264,7 +274,6 @@ def _pre_empted_launch(params) -> str:
 
     import psutil
 
-    from porover.stages.training import launch_env
 
     command, log_file = launch_command(params), params.stage_dir / "launch.log"
     with open(log_file, "wb") as log:

@@ -34,7 +34,7 @@ from porover.methods.refusal_tokens.tokens import (REFUSE, RESPOND, SWEEP_FILE, 
                                                    token_probabilities, write_spec)
 from porover.model_folders import mark_model_folder
 from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, seed_initialisation,
-                                     trainer_config)
+                                     trainer_config, use_chat_template)
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "07_refusal_tokens.ipynb"
@@ -237,6 +237,7 @@ def _train(params: RefusalTokenParams, rows: list[dict], spec: TokenSpec, callba
 
     path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_chat_template(params, tokenizer)
     settings = device_settings(params.device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if settings.bf16 else "float32")
     seed_initialisation(params)  # mean resizing draws the new token rows, before the trainer seeds
@@ -343,7 +344,7 @@ def evaluate_thresholds(params: RefusalTokenParams):
 
 def run_refusal_tokens(params: RefusalTokenParams) -> dict:
     """The whole stage outside a notebook: data, training, sweep, thresholds. Returns the training log."""
-    from porover.stages.training import run_training
+    from porover.stages.launch import run_training
 
     build_training_data(params)
     log = run_training(params)
