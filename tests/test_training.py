@@ -274,7 +274,6 @@ def _pre_empted_launch(params) -> str:
 
     import psutil
 
-
     command, log_file = launch_command(params), params.stage_dir / "launch.log"
     with open(log_file, "wb") as log:
         launcher = subprocess.Popen(command, env=launch_env(params), stdout=log, stderr=subprocess.STDOUT)
