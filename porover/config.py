@@ -105,6 +105,8 @@ class Settings:
         for name, spec in fields.items():
             errors += constraint_errors(getattr(params, name), spec.metadata, f"{where}.{name}")
         errors += secret_errors(values, where) + params.problems(where)
+        if isinstance(params, SpendingParams):
+            errors += params.spending_problems(where)
         return params, errors + (params.environment_problems(where) if environment else [])
 
     @classmethod
@@ -200,6 +202,30 @@ class EndpointParams:
                 "needs no key"]
 
 
+@dataclass
+class SpendingParams:
+    """The cost cap of a stage that may call a priced endpoint (teacher, LLM judges, EvoRefuse's mutator).
+
+    Checked before a run against the stage's worst-case estimate (`porover.spending.cap_errors`) and while it
+    runs against the usage the API reports (`porover.spending.Budget`). Neither changes what the stage writes,
+    so changing them re-runs nothing.
+    """
+
+    max_cost_usd: float | None = param(None, "stop the stage before its endpoint calls cost more than this many USD "
+                                             "(at prices; counted across resumes; null = no cap)", ge=0)
+    prices: dict[str, list[float]] = param({}, "USD per million input and output tokens of each endpoint model, "
+                                               "e.g. {gpt-4o: [2.5, 10.0]} (a run file's top-level prices fill it)")
+
+    def price_table(self) -> dict[str, list[float]]:
+        """Model -> [input, output] USD per million tokens, for this stage's budget."""
+        return dict(self.prices)
+
+    def spending_problems(self, where: str) -> list[str]:
+        """Prices that are not two non-negative numbers."""
+        return [f"{where}.prices.{model}: expected [USD per 1M input tokens, USD per 1M output tokens], got {pair!r}"
+                for model, pair in self.prices.items() if len(pair) != 2 or min(pair) < 0]
+
+
 def looks_like_secret(value: object) -> bool:
     """Whether a string looks like an API key (``sk-...``, ``hf_...`` or a long unbroken token)."""
     if not isinstance(value, str):
@@ -270,10 +296,13 @@ def constraint_errors(value, metadata: typing.Mapping, where: str) -> list[str]:
 
 
 def ordered_fields(cls: type) -> list[dataclasses.Field]:
-    """A stage's own fields first, then the run-wide ones of `StageParams` (as a reader wants them)."""
+    """A stage's own fields first, then its cost cap (`SpendingParams`), then the run-wide ones of `StageParams`
+    (as a reader wants them)."""
     base = {f.name for f in dataclasses.fields(StageParams)}
+    spending = {f.name for f in dataclasses.fields(SpendingParams)}
     fields = dataclasses.fields(cls)
-    return [f for f in fields if f.name not in base] + [f for f in fields if f.name in base]
+    return ([f for f in fields if f.name not in base | spending] + [f for f in fields if f.name in spending]
+            + [f for f in fields if f.name in base])
 
 
 def parameters_cell(cls: type) -> str:

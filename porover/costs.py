@@ -116,6 +116,7 @@ def estimate_costs(run, throughput: Throughput = Throughput()) -> list[StageCost
     prices = {}
     for stage in run.stages.values():
         p = stage.params
+        prices.update({model: tuple(pair) for model, pair in (p.get("prices") or {}).items()})
         if p.get("price_per_1m_input") is not None or p.get("price_per_1m_output") is not None:
             prices[p.get("teacher")] = (p.get("price_per_1m_input") or 0.0, p.get("price_per_1m_output") or 0.0)
     outputs: dict[str, int] = {}  # stage -> prompts it hands on (evolved prompts, selected rows)

@@ -31,6 +31,7 @@ from porover.models import is_adapter_folder, model_digest
 from porover.progress import PLAIN_ENV
 from porover.run_file import RunParams, load_run_params
 from porover.run_lock import RunLock
+from porover.spending import SPENDING_FIELDS, ledger_spent
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "papermill", "openai",
@@ -131,6 +132,20 @@ def read_manifest(run_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
 
+def estimated_usd(run: RunParams) -> dict[str, float]:
+    """Per stage that calls a priced endpoint, its worst-case cost in USD (`porover.costs`); empty without prices."""
+    if not any(stage.params.get("prices") for stage in run.stages.values()):
+        return {}
+    from porover.costs import estimate_costs
+
+    return {cost.stage: round(cost.usd, 4) for cost in estimate_costs(run) if cost.api_calls and cost.usd is not None}
+
+
+def params_digest(params: dict) -> str:
+    """A digest of what a stage's parameters make it write: a cost cap or a price changes nothing written."""
+    return digest_of({key: value for key, value in params.items() if key not in SPENDING_FIELDS})
+
+
 def input_digests(run: RunParams, stage: str, run_dir: Path) -> dict[str, str | None]:
     """The content digest of every input of ``stage`` as it is on disk now (None: missing)."""
     digests = {}
@@ -155,7 +170,7 @@ def stale_reasons(run: RunParams, stage: str, run_dir: Path, record: dict) -> li
     if record.get("status") != "finished":
         return [f"last run {record.get('status', 'unknown')}"]
     reasons = []
-    if record.get("params_digest") != digest_of(run.stages[stage].params):
+    if record.get("params_digest") != params_digest(run.stages[stage].params):
         reasons.append("parameters changed")
     if record.get("notebook_digest") != notebook_digest(NOTEBOOK_DIR / run.stages[stage].type.notebook):
         reasons.append("notebook changed")
@@ -280,6 +295,7 @@ def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: 
                      # CPU results repeat bit for bit only at the same thread count (docs/running.md)
                      "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count()})
     shutil.copyfile(params_path, run_dir / "params.yaml")
+    estimates = estimated_usd(run)
     os.environ[PLAIN_ENV] = "1"  # inherited by the kernels papermill starts
     if not log.handlers:
         handler = _StderrHandler()
@@ -299,9 +315,11 @@ def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: 
         (run_dir / "params").mkdir(exist_ok=True)
         (run_dir / "params" / f"{stage}.yaml").write_text(yaml.safe_dump(params))
         record = {"type": spec.type.name, "notebook": str(executed), "log": str(log_file), "status": "running",
-                  "params_digest": digest_of(spec.params),
+                  "params_digest": params_digest(spec.params),
                   "notebook_digest": notebook_digest(NOTEBOOK_DIR / spec.type.notebook),
                   "inputs": input_digests(run, stage, run_dir), "started": datetime.now(timezone.utc).isoformat()}
+        if stage in estimates:
+            record["estimated_usd"] = estimates[stage]
         manifest["stages"][stage] = record
         _write_manifest(manifest_path, manifest)
         log.info("[%s] running (%s)", stage, "forced" if force and not reasons else "; ".join(reasons))
@@ -310,6 +328,8 @@ def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: 
             error = _execute(stage, NOTEBOOK_DIR / spec.type.notebook, executed, params, log_file)
         record.update(status="failed" if error else "finished", wall_seconds=round(time.perf_counter() - start, 1),
                       peak_rss_mib=round(memory.peak_bytes / 2**20, 1), finished=datetime.now(timezone.utc).isoformat())
+        if (spent := ledger_spent(run_dir / stage)) is not None:
+            record["spent_usd"] = round(spent, 6)
         if error:
             record["error"] = error
         else:
