@@ -6,7 +6,9 @@ Usage:
 Each argument is a git directory (a clone or a bare snapshot) of
 ``andyrdt/refusal_direction`` (Apache-2.0) and ``JailbreakBench/artifacts`` (MIT); files are read with
 ``git show HEAD:<path>``, so nothing but the responses is taken. One row per (prompt, response):
-``source, id, model, condition, prompt, response, label, labelled_by``. ``label`` is the *training* label
+``source, id, model, condition, prompt, topic, response, label, labelled_by`` (``topic``: the behaviour or
+instruction the prompt asks for, the same across a JailbreakBench behaviour's plain and adversarial wordings,
+so leave-one-source-out can keep a held-out source's topics out of fitting). ``label`` is the *training* label
 (``full_refusal`` / ``full_compliance``) where the rules below agree, else empty (the row is kept, unlabelled,
 so a hand-labelled sample can be drawn from all rows, not only the easy ones):
 
@@ -75,7 +77,8 @@ def refusal_direction_rows(git_dir: str) -> list[dict]:
                         and unsafe is True:
                     label = "full_compliance"
                 rows.append({"source": "refusal_direction", "id": f"rd/{model}/{condition}/{i}", "model": model,
-                             "condition": condition, "prompt": item["prompt"], "response": item["response"],
+                             "condition": condition, "prompt": item["prompt"], "topic": item["prompt"],
+                             "response": item["response"],
                              "label": label, "labelled_by": "rule: intervention + the run's substring check"
                              + (" + Llama Guard 2" if condition.startswith("jail") else "") if label else ""})
     return rows
@@ -97,7 +100,8 @@ def jailbreakbench_rows(git_dir: str) -> list[dict]:
             elif item.get("jailbroken") is False and opens_with_refusal:
                 label, by = "full_refusal", "JailbreakBench judge: not jailbroken + refusal opening"
             rows.append({"source": "jailbreakbench_artifacts", "id": f"jbb/{method}/{model}/{item['index']}",
-                         "model": model, "condition": method, "prompt": item["prompt"], "response": item["response"],
+                         "model": model, "condition": method, "prompt": item["prompt"], "topic": item["goal"],
+                         "response": item["response"],
                          "label": label, "labelled_by": by})
     return rows
 

@@ -76,6 +76,8 @@ def stage_metrics(run_dir: str | Path, stages: list[str] | None = None) -> pd.Da
             table.insert(0, "stage", stage)
             table["model"], table["judge"] = metrics.get("model"), metrics.get("judge")
             table["split"] = metrics.get("split", "test")  # evaluations from before splits were test ones
+            disagreement = metrics.get("judge_disagreement") or {}
+            table["judges_disagree"] = None if disagreement.get("rate") is None else round(100 * disagreement["rate"], 1)
             tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
