@@ -11,7 +11,7 @@ import importlib.util
 
 # public name -> module that defines it
 _EXPORTS = {
-    "ches_scores": "porover.ches",
+    "ches_scores": "porover.methods.ches.scores",
     "known_datasets": "porover.data", "load_prompts": "porover.data",
     "OpenAIBackend": "porover.generation", "RecordedBackend": "porover.generation", "Sampling": "porover.generation",
     "TransformersBackend": "porover.generation", "generate_responses": "porover.generation",
@@ -28,18 +28,18 @@ _EXPORTS = {
     "Verdict": "porover.vocabulary", "SafetyVerdict": "porover.vocabulary", "REFUSAL_CLASSES": "porover.vocabulary",
     "is_refusal": "porover.vocabulary",
     "AnalysisParams": "porover.stages.analysis", "EvaluateParams": "porover.stages.evaluate",
-    "OvergenerateParams": "porover.stages.overgenerate", "PreferenceDataParams": "porover.stages.preference_data",
+    "OvergenerateParams": "porover.stages.overgenerate", "PreferenceDataParams": "porover.methods.porover.stage",
     "PreferenceOptimizationParams": "porover.stages.preference_optimization", "SFTParams": "porover.stages.sft",
     "TrainingParams": "porover.stages.training", "load_run_params": "porover.run_file",
     **dict.fromkeys(["agreement_figure", "candidates_per_prompt_figure", "ches_figure", "funnel_figure", "length_figure",
                      "loss_figure", "metrics_figure", "preference_figure", "prompt_refusal_share_figure",
                      "refusal_share_figure"], "porover.plots"),
     "run_evaluation": "porover.stages.evaluate", "run_overgeneration": "porover.stages.overgenerate",
-    "build_pairs": "porover.stages.preference_data", "run_preference_data": "porover.stages.preference_data",
+    "build_pairs": "porover.methods.porover.stage", "run_preference_data": "porover.methods.porover.stage",
     "launch_command": "porover.stages.training", "run_training": "porover.stages.training",
     "load_sft_data": "porover.stages.sft", "run_sft": "porover.stages.sft",
     "load_pairs": "porover.stages.preference_optimization",
-    "RefusalTokenParams": "porover.stages.refusal_tokens", "refusal_token_curves": "porover.refusal_tokens",
+    "RefusalTokenParams": "porover.methods.refusal_tokens.stage", "tradeoff_curves": "porover.runs",
     "run_preference_optimization": "porover.stages.preference_optimization",
 }
 

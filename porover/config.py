@@ -72,35 +72,12 @@ def project_root(start: str | Path | None = None) -> Path:
 
 
 @dataclass
-class StageParams:
-    """What every stage's parameters have: the run-wide settings and where the stage writes.
-
-    Attributes:
-        seed: Seed for subsampling, sampling, data order and the bootstrap.
-        device: Where to compute.
-        run_dir: Run folder; the stage writes under ``run_dir/stage_name`` (relative: to the project root).
-        stage_name: Name of this stage in the run.
-    """
-
-    seed: int = param(0, "seed for subsampling, sampling, data order and the bootstrap")
-    device: str = param("auto", "auto, cpu, cuda or mps", choices=DEVICES)
-    run_dir: str = param("outputs/scratch", "run folder; this stage writes under run_dir/stage_name")
-    stage_name: str = param("stage", "name of this stage in the run")
-
-    @property
-    def stage_dir(self) -> Path:
-        """The folder this stage writes to: ``run_dir/stage_name``, a relative run folder under the project root."""
-        run_dir = Path(self.run_dir).expanduser()
-        return (run_dir if run_dir.is_absolute() else project_root() / run_dir) / self.stage_name
-
-    @property
-    def store_dir(self) -> Path:
-        """The folder of the stage's content-keyed stores (samples, completions): a sweep's copy of a stage
-        (``dpo[beta=0.5]``) shares the run file stage's (``dpo``), so variants sample nothing twice."""
-        return self.stage_dir.parent / file_stage(self.stage_name)
+class Settings:
+    """A group of parameters declared with `param` and validated together: a stage's (`StageParams`), or the
+    inference settings of a kind of model folder (`porover.model_folders.ModelHandle.SETTINGS`)."""
 
     def problems(self, where: str) -> list[str]:
-        """The stage's own rules across fields (files exist, names are known...); override and extend."""
+        """Rules across fields (files exist, names are known...); override and extend."""
         return []
 
     def environment_problems(self, where: str) -> list[str]:
@@ -108,7 +85,7 @@ class StageParams:
         return []
 
     @classmethod
-    def validate(cls, values: dict, where: str, environment: bool = True) -> tuple["StageParams | None", list[str]]:
+    def validate(cls, values: dict, where: str, environment: bool = True) -> tuple["Settings | None", list[str]]:
         """Build the parameters from ``values`` and list every problem, each as ``where.key: what``.
 
         Args:
@@ -142,6 +119,35 @@ class StageParams:
         if errors:
             raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
         return params
+
+
+@dataclass
+class StageParams(Settings):
+    """What every stage's parameters have: the run-wide settings and where the stage writes.
+
+    Attributes:
+        seed: Seed for subsampling, sampling, data order and the bootstrap.
+        device: Where to compute.
+        run_dir: Run folder; the stage writes under ``run_dir/stage_name`` (relative: to the project root).
+        stage_name: Name of this stage in the run.
+    """
+
+    seed: int = param(0, "seed for subsampling, sampling, data order and the bootstrap")
+    device: str = param("auto", "auto, cpu, cuda or mps", choices=DEVICES)
+    run_dir: str = param("outputs/scratch", "run folder; this stage writes under run_dir/stage_name")
+    stage_name: str = param("stage", "name of this stage in the run")
+
+    @property
+    def stage_dir(self) -> Path:
+        """The folder this stage writes to: ``run_dir/stage_name``, a relative run folder under the project root."""
+        run_dir = Path(self.run_dir).expanduser()
+        return (run_dir if run_dir.is_absolute() else project_root() / run_dir) / self.stage_name
+
+    @property
+    def store_dir(self) -> Path:
+        """The folder of the stage's content-keyed stores (samples, completions): a sweep's copy of a stage
+        (``dpo[beta=0.5]``) shares the run file stage's (``dpo``), so variants sample nothing twice."""
+        return self.stage_dir.parent / file_stage(self.stage_name)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -217,82 +216,4 @@ def training_figure(logs: dict[str, list[dict]]) -> go.Figure:
         figure.add_scatter(x=[h["step"] for h in logged], y=[h["loss"] for h in logged], mode="lines+markers",
                            name=html.escape(stage))
     figure.update_layout(xaxis_title="step", yaxis_title="training loss", title="Training curves")
-    return figure
-
-
-# --- EvoRefuse (the evolve stage's summary.json) ---
-
-
-def fitness_figure(summary: dict):
-    """Mean fitness per iteration: the current instruction (fresh estimate), the best candidate, the accepted one."""
-    rows = summary["by_iteration"]
-    figure = go.Figure()
-    for key, name in (("mean_current_fitness", "current x^i"), ("mean_best_candidate_fitness", "best candidate x'"),
-                      ("mean_next_fitness", "after acceptance")):
-        figure.add_scatter(x=[r["iteration"] for r in rows], y=[r[key] for r in rows], mode="lines+markers", name=name)
-    figure.update_layout(title=f"Fitness over iterations ({summary['fitness']} form), mean over seeds",
-                         xaxis_title="iteration", yaxis_title="fitness", xaxis_dtick=1)
-    return figure
-
-
-def refusal_rate_figure(summary: dict):
-    """The target's refusal rate on the seeds and on the evolved prompts (greedy, no system prompt)."""
-    rates = summary["refusal_rate"]
-    labels = ["seeds (all)", "seeds with an evolved prompt", "evolved"]
-    values = [rates["seeds_all"], rates["seeds_with_an_evolved_prompt"], rates["evolved"]]
-    figure = go.Figure(go.Bar(x=labels, y=[None if v is None else 100 * v for v in values],
-                              text=[None if v is None else f"{100 * v:.0f}%" for v in values]))
-    figure.update_layout(title=f"Target refusal rate ({rates['judge']}): seeds vs evolved", yaxis_title="% refused",
-                         yaxis_range=[0, 105])
-    return figure
-
-
-def strategy_figure(summary: dict):
-    """Per strategy: candidates tried, safe, best of their iteration, accepted."""
-    names = list(summary["per_strategy"])
-    figure = go.Figure()
-    for key in ("tried", "safe", "best_of_iteration", "accepted"):
-        figure.add_bar(x=names, y=[summary["per_strategy"][n][key] for n in names], name=key)
-    figure.update_layout(barmode="group", title="Candidates per strategy", yaxis_title="candidates")
-    return figure
-
-
-def threshold_sweep_figure(table, group: str = "overall", title: str | None = None):
-    """Token-level safety and usefulness (%) against the threshold t, for one group of `porover.refusal_tokens.sweep`."""
-    part = table[table["group"] == group]
-    figure = go.Figure()
-    for metric, dash in (("safety", "solid"), ("usefulness", "solid"), ("f1", "dot")):
-        figure.add_scatter(x=part["threshold"], y=100 * part[metric], mode="lines", name=metric, line_dash=dash,
-                           line_shape="hv")
-    figure.update_layout(xaxis_title="threshold t on P(refusal token)", yaxis_title="%", yaxis_range=[0, 102],
-                         title=title or f"Refusal-token sweep ({group}): no generation, forced first token only")
-    return figure
-
-
-def threshold_curve_figure(table, groups: Sequence[str] | None = None, points=None, title: str | None = None):
-    """The trade-off curve: usefulness (x) against safety (y), one line per group, with optional judged points.
-
-    Args:
-        table: `porover.refusal_tokens.sweep` output (or `refusal_token_curves`).
-        groups: Groups to draw (default: every group).
-        points: Optional DataFrame of judged evaluations (``thresholds.csv``): their safety and usefulness with
-            95% intervals, drawn as markers labelled by threshold.
-    """
-    figure = go.Figure()
-    for group in groups or list(dict.fromkeys(table["group"])):
-        part = table[table["group"] == group].sort_values("threshold")
-        figure.add_scatter(x=100 * part["usefulness"], y=100 * part["safety"], mode="lines", name=f"sweep: {group}",
-                           customdata=part["threshold"], hovertemplate="t=%{customdata:.3g}<br>usefulness %{x:.1f}%"
-                           "<br>safety %{y:.1f}%")
-    if points is not None and len(points):
-        figure.add_scatter(
-            x=100 * points["usefulness"], y=100 * points["safety"], mode="markers+text", name="generated + judged",
-            text=[str(tag) for tag in points["tag"]], textposition="top center",
-            error_x={"type": "data", "symmetric": False, "array": 100 * (points["usefulness_high"] - points["usefulness"]),
-                     "arrayminus": 100 * (points["usefulness"] - points["usefulness_low"])},
-            error_y={"type": "data", "symmetric": False, "array": 100 * (points["safety_high"] - points["safety"]),
-                     "arrayminus": 100 * (points["safety"] - points["safety_low"])})
-    figure.update_layout(xaxis_title="usefulness: safe prompts not refused (%)",
-                         yaxis_title="safety: unsafe prompts refused (%)", xaxis_range=[-2, 102], yaxis_range=[-2, 102],
-                         title=title or "Refusal-token trade-off as the threshold sweeps")
     return figure

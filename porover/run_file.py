@@ -27,14 +27,14 @@ STAGE_TYPES = {
     "overgenerate": "porover.stages.overgenerate",
     "sft": "porover.stages.sft",
     "evaluate": "porover.stages.evaluate",
-    "preference_data": "porover.stages.preference_data",
+    "preference_data": "porover.methods.porover.stage",
     "preference_optimization": "porover.stages.preference_optimization",
     "analysis": "porover.stages.analysis",
-    "evolve": "porover.stages.evolve",
-    "refusal_tokens": "porover.stages.refusal_tokens",
-    "represent": "porover.stages.represent",
-    "mosr": "porover.stages.mosr",
-    "dro": "porover.stages.dro",
+    "evolve": "porover.methods.evorefuse.stage",
+    "refusal_tokens": "porover.methods.refusal_tokens.stage",
+    "represent": "porover.methods.representations.stage",
+    "mosr": "porover.methods.mosr.stage",
+    "dro": "porover.methods.dro.stage",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
 
@@ -187,6 +187,7 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
         params, stage_errors = kind.params.validate(values, where, environment)
         errors += stage_errors
         if params is not None:
+            errors += _model_reference_errors(params, types, where)
             flat = {k: v for k, v in dataclasses.asdict(params).items() if k != "run_dir"}
             inputs = _inputs(params, body)
             if kind.name == "analysis":
@@ -197,6 +198,20 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
     if errors:
         raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
     return RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
+
+
+def _model_reference_errors(params, types: dict[str, str], where: str) -> list[str]:
+    """A ``model: stage:NAME`` checked against the kind of folder NAME's type writes (its module's ``MODEL_HANDLE``):
+    inference settings it takes, a system prompt it cannot take, whether it can be trained from."""
+    from porover.model_folders import ModelHandle, model_folder_errors
+
+    target = referenced_stage(getattr(params, "model", None))
+    if target not in types:
+        return []
+    handle = getattr(importlib.import_module(STAGE_TYPES[types[target]]), "MODEL_HANDLE", ModelHandle)
+    return model_folder_errors(params.model, where, getattr(params, "model_settings", {}),
+                               getattr(params, "system_prompt", ""), train=getattr(params, "trains_model", False),
+                               handle=handle)
 
 
 def _reference_errors(body: dict, types: dict[str, str], where: str) -> list[str]:

@@ -14,11 +14,32 @@ from pathlib import Path
 import pandas as pd
 
 from porover.store import read_jsonl
+from porover.vocabulary import CURVE_FILE
 
 # file in the stage folder -> the stage type it reveals (first match wins)
 _TELLTALE_FILES = (("metrics.json", "evaluate"), ("sft.jsonl", "overgenerate"), ("pairs.jsonl", "preference_data"),
                    ("training_log.json", "training"))
 TRAINING_TYPES = ("sft", "preference_optimization")
+
+
+def tradeoff_curves(run_dir: str | Path, group: str | None = "overall") -> pd.DataFrame:
+    """Every curve a stage of the run traced without generating (its `porover.vocabulary.CURVE_FILE`).
+
+    Args:
+        run_dir: The run folder (``outputs/<run>``).
+        group: Keep this group only (None: every group).
+
+    Returns:
+        The curves' rows with a ``stage`` column first (empty when the run has none); ``safety`` and
+        ``usefulness`` are shares in [0, 1], as in ``metrics.json``.
+    """
+    frames = []
+    for path in sorted(Path(run_dir).glob(f"*/{CURVE_FILE}")):
+        frame = pd.read_csv(path)
+        frame.insert(0, "stage", path.parent.name)
+        frames.append(frame if group is None else frame[frame["group"] == group])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["stage", "group", "threshold", "safety", "usefulness"])
 
 
 def read_manifest(run_dir: str | Path) -> dict:

@@ -13,12 +13,12 @@ import yaml
 
 def main(argv: list[str] | None = None) -> None:
     """Validate the parameters file and train the stage in this process (one rank of the launch)."""
-    from porover.stages.preference_optimization import PreferenceOptimizationParams
-    from porover.stages.refusal_tokens import RefusalTokenParams
-    from porover.stages.sft import SFTParams
+    from porover.run_file import STAGE_TYPES, stage_type
     from porover.stages.training import launch_device
 
-    kinds = {cls.kind: cls for cls in (SFTParams, PreferenceOptimizationParams, RefusalTokenParams)}
+    # Every stage type that trains (its parameters extend `porover.stages.training.TrainingParams`).
+    kinds = {name: kind.params for name in STAGE_TYPES
+             if getattr((kind := stage_type(name)).params, "trains_model", False)}
     parser = argparse.ArgumentParser(prog="python -m porover.train_cli", description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=sorted(kinds))
     parser.add_argument("params_file", help="flat YAML of the stage parameters")

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 REFUSAL_CLASSES = ("full_compliance", "full_refusal", "partial_refusal")
 REFUSALS = ("full_refusal", "partial_refusal")
+# A stage whose method traces a safety-usefulness curve without generating (a refusal-token threshold, a steering
+# coefficient) writes it to this file in its folder: columns group, threshold (the swept value), safety and
+# usefulness (shares in [0, 1]); the analysis and the report draw every such curve beside the judged points.
+CURVE_FILE = "sweep.csv"
 
 
 @dataclass(frozen=True)

@@ -39,19 +39,20 @@ def test_analysis_names_what_is_missing(tmp_path):
     assert "compare: expected two stage names" in str(error.value)
 
 
-def test_a_refusal_token_sweep_is_drawn_beside_the_stage_points(tmp_path):
+def test_a_stage_curve_is_drawn_beside_the_stage_points(tmp_path):
+    """Any stage's curve file (here a refusal-token sweep's) is drawn, with no reader that names the method."""
     import plotly.graph_objects as go
 
-    from porover.refusal_tokens import SWEEP_FILE
+    from porover.vocabulary import CURVE_FILE
 
     stage = tmp_path / "run" / "refusal_tokens"
     stage.mkdir(parents=True)
     pd.DataFrame({"group": ["overall"] * 3 + ["xstest"], "threshold": [0.9, 0.1, 0.5, 0.5],
                   "refusal_rate_safe": [0.0, 0.6, 0.2, 0.2], "refusal_rate_unsafe": [0.1, 0.9, 0.5, 0.5],
                   "safety": [0.1, 0.9, 0.5, 0.5], "usefulness": [1.0, 0.4, 0.8, 0.8], "f1": [0.2, 0.55, 0.6, 0.6],
-                  "n_safe": [5] * 4, "n_unsafe": [5] * 4}).to_csv(stage / SWEEP_FILE, index=False)
-    figure = analysis.with_refusal_token_curves(go.Figure(), {"run": tmp_path / "run"})
+                  "n_safe": [5] * 4, "n_unsafe": [5] * 4}).to_csv(stage / CURVE_FILE, index=False)
+    figure = analysis.with_tradeoff_curves(go.Figure(), {"run": tmp_path / "run"})
     (curve,) = figure.data  # the overall group only, in threshold order
-    assert curve.name == "refusal_tokens: threshold sweep"
+    assert curve.name == "refusal_tokens: sweep"
     assert list(curve.x) == [40.0, 80.0, 100.0] and list(curve.y) == [90.0, 50.0, 10.0]
-    assert not analysis.with_refusal_token_curves(go.Figure(), {"run": tmp_path / "none"}).data
+    assert not analysis.with_tradeoff_curves(go.Figure(), {"run": tmp_path / "none"}).data

@@ -134,7 +134,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, code
     """
     from porover.plots import tradeoff_figure
     from porover.runs import browser_rows
-    from porover.stages.analysis import with_refusal_token_curves
+    from porover.stages.analysis import with_tradeoff_curves
 
     run_dirs = [Path(r) for r in run_dirs]
     for run_dir in run_dirs:
@@ -162,7 +162,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, code
              "share of safe prompts not refused. F1: their harmonic mean. Read the responses behind the numbers in "
              "the <a href='browser.html'>refusal browser</a>.</p>")
     curves = dict(zip(labels, run_dirs))
-    trade_off = figure_html(with_refusal_token_curves(tradeoff_figure(tables), curves)) if tables else ""
+    trade_off = figure_html(with_tradeoff_curves(tradeoff_figure(tables), curves)) if tables else ""
     index = folder / "index.html"
     index.write_text(page(title, intro + trade_off + "".join(sections), plotly=True), encoding="utf-8")
     return index

@@ -119,24 +119,24 @@ def tradeoff_figure(table: pd.DataFrame | dict[str, pd.DataFrame]) -> go.Figure:
     return figure_of_runs(table if isinstance(table, dict) else {"run": table})
 
 
-def with_refusal_token_curves(figure: go.Figure, run_dirs: dict[str, str | Path]) -> go.Figure:
-    """Add every refusal-token stage's threshold sweep (one forward pass per prompt, no generation) to a
-    trade-off figure, so the curve one model traces sits beside the points of base, SFT and POROver.
+def with_tradeoff_curves(figure: go.Figure, run_dirs: dict[str, str | Path]) -> go.Figure:
+    """Add every curve a stage traced without generating (`porover.runs.tradeoff_curves`: a refusal-token
+    threshold, a steering coefficient) to a trade-off figure, beside the judged points of every arm.
 
     Args:
         figure: A `tradeoff_figure` (percent axes).
         run_dirs: ``{run label: run folder}``.
     """
-    from porover.refusal_tokens import refusal_token_curves
+    from porover.runs import tradeoff_curves
 
     for label, run_dir in run_dirs.items():
-        curves = refusal_token_curves(run_dir)
+        curves = tradeoff_curves(run_dir)
         for stage in dict.fromkeys(curves["stage"]):
             part = curves[curves["stage"] == stage].sort_values("threshold")
-            name = f"{stage}: threshold sweep" if len(run_dirs) == 1 else f"{label} / {stage}: threshold sweep"
+            name = f"{stage}: sweep" if len(run_dirs) == 1 else f"{label} / {stage}: sweep"
             figure.add_scatter(x=100 * part["usefulness"], y=100 * part["safety"], mode="lines", name=name,
                                line={"dash": "dot"}, customdata=part["threshold"],
-                               hovertemplate="t=%{customdata:.3g}: U %{x:.1f}%, S %{y:.1f}%")
+                               hovertemplate="at %{customdata:.3g}: U %{x:.1f}%, S %{y:.1f}%")
     return figure
 
 

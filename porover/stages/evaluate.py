@@ -9,11 +9,10 @@ from pathlib import Path
 from porover.config import StageParams, param
 from porover.data import load_rows, prompt_set_errors
 from porover.digests import digest_of
-from porover.generation import Sampling, TransformersBackend, generate_responses, response_key
+from porover.generation import Sampling, generate_responses, response_key
 from porover.judges import DEFAULT_JUDGE, judge_error_counts, judge_errors, judge_refusals
 from porover.metrics import UNPARSEABLE_OPTIONS, compute_metrics
-from porover.models import model_errors
-from porover.soft_prompt import is_soft_prompt_folder, soft_prompt_backend
+from porover.model_folders import model_folder_errors, open_model
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import Verdict, is_refusal
 
@@ -41,19 +40,15 @@ class EvaluateParams(StageParams):
     system_prompt: str = param("", "system message before every prompt ('' = none)")
     batch_size: int = param(32, "prompts per generate call", ge=1)
     bootstrap_samples: int = param(1000, "resamples for the 95% bootstrap intervals", ge=0)
-    refusal_token_threshold: float | None = param(
-        None, "refusal-token models: force the refusal token first iff its P >= this (null = the likelier of it "
-        "and [respond])", ge=0, le=1)
-    refusal_token_temperature: float = param(1.0, "refusal-token models: softmax temperature of that P", gt=0)
-    refusal_token_controlled: list[str] = param([], "category-token models: the tokens the threshold controls ([] = all)")
+    model_settings: dict = param({}, "inference settings a method's model folder takes (e.g. a refusal-token "
+                                 "model's threshold; see its docs page); {} for plain models")
     split: str = param("test", "what these prompts are for: test (reported) or validation (sweeps choose on it; "
                        "never a test or training prompt)", choices=("test", "validation"))
     stage_name: str = param("evaluate", "name of this stage in the run")
 
     def problems(self, where: str) -> list[str]:
         errors = prompt_set_errors(self.benchmarks, f"{where}.benchmarks")
-        if not is_soft_prompt_folder(self.model):  # a DRO soft prompt is evaluated here, and by no other stage
-            errors += model_errors(self.model, f"{where}.model")
+        errors += model_folder_errors(self.model, where, self.model_settings, self.system_prompt)
         if not self.judges:
             errors.append(f"{where}.judges: give at least one judge")
         for name in self.judges:
@@ -61,9 +56,6 @@ class EvaluateParams(StageParams):
                                    if name in self.judge_settings else f"{where}.judges")
         errors += [f"{where}.judge_settings.{name}: not one of this stage's judges {self.judges}"
                    for name in self.judge_settings if name not in self.judges]
-        if self.system_prompt and is_soft_prompt_folder(self.model):
-            errors.append(f"{where}.system_prompt: must be '' for a DRO soft prompt ({self.model}): the soft prompt "
-                          "is the system turn")
         return errors
 
 
@@ -82,26 +74,21 @@ def sampling_of(params: EvaluateParams) -> Sampling:
                     seed=params.seed, system_prompt=params.system_prompt or None)
 
 
-def steering_of(params: EvaluateParams):
-    """How a refusal-token model's first token is forced (`porover.refusal_tokens`); None for other models."""
-    from porover.refusal_tokens import Steering, read_spec
-
-    spec = read_spec(params.model)
-    return spec and Steering(spec, params.refusal_token_threshold, params.refusal_token_temperature,
-                             tuple(params.refusal_token_controlled))
+def model_of(params: EvaluateParams):
+    """The evaluated model's handle (`porover.model_folders.open_model`); no weights load until it generates."""
+    return open_model(params.model, device=params.device, settings=params.model_settings)
 
 
 def generations_path(params: EvaluateParams) -> Path:
-    """Store of generated responses, one file per (model content, sampling, steering): a retrained model or
-    changed settings never reuse a stored row."""
-    from porover.models import model_digest
-
+    """Store of generated responses, one file per (model content, sampling, what else shapes the model's responses):
+    a retrained model or changed settings never reuse a stored row."""
     settings = asdict(sampling_of(params))
     if params.temperature > 0:  # sampled responses are seeded per row (`row_seed`): older stores are not reused
         settings["seeding"] = "per_row"
-    key = [model_digest(params.model), settings]
-    steering = steering_of(params)
-    return params.stage_dir / "generations" / f"{digest_of(key + [steering.settings()] if steering else key)}.jsonl"
+    model = model_of(params)
+    key = [model.digest(), settings]
+    extra = model.response_settings()
+    return params.stage_dir / "generations" / f"{digest_of(key + [extra] if extra else key)}.jsonl"
 
 
 def generate_for_benchmarks(params: EvaluateParams, rows: list[dict]) -> list[dict]:
@@ -109,20 +96,11 @@ def generate_for_benchmarks(params: EvaluateParams, rows: list[dict]) -> list[di
     store = JsonlStore(generations_path(params), key=response_key)
     missing = [row for row in rows if response_key(row) not in store]
     backend = None
-    if missing and is_soft_prompt_folder(params.model):  # a DRO stage's soft prompt: the base model + it
-        backend = soft_prompt_backend(params.model, device=params.device, batch_size=params.batch_size)
-    elif missing:
-        from porover.models import load_model
-
-        model, tokenizer = load_model(params.model, device=params.device)
-        backend = TransformersBackend(model, tokenizer, batch_size=params.batch_size)
-        if steering := steering_of(params):  # a refusal-token model: its first token is forced
-            from porover.refusal_tokens import steered_backend
-
-            backend, decided = steered_backend(model, tokenizer, missing, steering, params.system_prompt or None,
-                                               params.batch_size)
-            decided = {response_key(row): row for row in decided}
-            rows = [decided.get(response_key(row), row) for row in rows]
+    if missing:
+        # A method's model may decide something per row before generating (a forced first token): kept in the rows.
+        backend, decided = model_of(params).generator(missing, params.system_prompt or None, params.batch_size)
+        decided = {response_key(row): row for row in decided}
+        rows = [decided.get(response_key(row), row) for row in rows]
     return generate_responses(backend, rows, store, sampling_of(params), desc=f"{params.stage_name}: generate")
 
 
@@ -176,11 +154,7 @@ def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
     metrics = compute_metrics(rows, judge=params.judges[0], judge_error=judge_error_counts(params.judges[0]), **options)
     metrics["model"], metrics["judge"], metrics["split"] = params.model, params.judges[0], params.split
     metrics["judge_disagreement"] = judge_disagreement(rows, params.partial_is_refusal)
-    if steering := steering_of(params):
-        from porover.refusal_tokens import agreement
-
-        metrics["refusal_tokens"] = {**steering.settings(), "agreement": agreement(
-            rows, steering.spec, partial_is_refusal=params.partial_is_refusal)}
+    metrics.update(model_of(params).summary(rows, params.partial_is_refusal))
     metrics["by_judge"] = {name: compute_metrics(rows, refusal_key=f"refusal:{name}", judge=name, **options)["overall"]
                            for name in params.judges}
     out = params.stage_dir

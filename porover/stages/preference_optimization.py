@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from porover.config import is_stage_ref, param
-from porover.models import resolve_model
+from porover.model_folders import open_model
 from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
 from porover.store import read_jsonl
 
@@ -110,7 +110,7 @@ def run_preference_optimization(params: PreferenceOptimizationParams, callbacks:
     extra = {"beta": params.beta, "precompute_ref_log_probs": not params.lora and params.precompute_ref_log_probs}
     if not kto:
         extra.update(loss_type=[params.loss_type], label_smoothing=params.label_smoothing)
-    path = resolve_model(params.model)
+    path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
     trainer = (KTOTrainer if kto else DPOTrainer)(
         model=path, ref_model=None, args=trainer_config(params, KTOConfig if kto else DPOConfig, **extra),

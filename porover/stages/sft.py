@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from porover.config import is_stage_ref, param
-from porover.models import resolve_model
+from porover.model_folders import open_model
 from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
 from porover.store import read_jsonl
 
@@ -82,7 +82,7 @@ def run_sft(params: SFTParams, callbacks: list | None = None) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    path = resolve_model(params.model)
+    path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
     trainer = SFTTrainer(model=path, args=trainer_config(params, SFTConfig, completion_only_loss=True),
                          train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(params),

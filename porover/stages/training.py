@@ -30,7 +30,8 @@ import yaml
 
 from porover.config import StageParams, param
 from porover.digests import path_digest
-from porover.models import device_settings, is_model_folder, mark_adapter_folder, model_errors, resolve_model
+from porover.model_folders import model_folder_errors
+from porover.models import device_settings, is_model_folder, mark_adapter_folder
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -47,6 +48,7 @@ class TrainingParams(StageParams):
     """What the SFT and preference-optimization stages share (as TRL's configs share TrainingArguments)."""
 
     kind: ClassVar[str] = "training"  # the stage type, for `launch_command`
+    trains_model: ClassVar[bool] = True  # its ``model`` is where training starts (a folder that holds weights)
 
     model: str = param("smollm2-135m-instruct", "the model to train: embedded name, Hugging Face id or folder",
                        input=True)
@@ -83,7 +85,7 @@ class TrainingParams(StageParams):
         raise NotImplementedError
 
     def problems(self, where: str) -> list[str]:
-        errors = model_errors(self.model, f"{where}.model")
+        errors = model_folder_errors(self.model, where, train=True)
         if self.max_steps == 0:
             errors.append(f"{where}.max_steps: expected -1 (train num_train_epochs epochs) or a positive step count")
         if not accelerate_config_path(self.accelerate_config).is_file():

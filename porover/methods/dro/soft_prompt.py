@@ -7,8 +7,9 @@ placeholder's offset is measured from the rendered prefix and every placeholder 
 template that puts an eos token earlier cannot shift it silently.
 
 A DRO stage saves ``model/`` = ``soft_prompt.safetensors`` + ``soft_prompt.json`` (the base model it was trained
-for, with that model's content digest); ``model: stage:dro`` in an evaluation stage then generates with the base
-model and the soft prompt (`SoftPromptBackend`).
+for, with that model's content digest), opened by `SoftPromptModel`: ``model: stage:dro`` in an evaluation stage
+generates with the base model and the soft prompt (`SoftPromptBackend`), in a representation stage reads the base
+model's states with the soft prompt as the system turn.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from porover.generation.local import RowSampler, TransformersBackend
 from porover.generation.sampling import Sampling
+from porover.model_folders import ModelHandle, mark_model_folder
 
 SPEC_FILE = "soft_prompt.json"
 WEIGHTS_FILE = "soft_prompt.safetensors"
@@ -50,6 +52,7 @@ def save_soft_prompt(folder: str | Path, soft_prompt, spec: SoftPromptSpec) -> N
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"soft_prompt": soft_prompt.detach().float().cpu().contiguous()}, str(folder / WEIGHTS_FILE))
     (folder / SPEC_FILE).write_text(json.dumps(spec.__dict__, indent=1))
+    mark_model_folder(folder, SoftPromptModel)
 
 
 def is_soft_prompt_folder(path: str | Path) -> bool:
@@ -127,15 +130,29 @@ def soft_prompt_batch(model, tokenizer, prompts: Sequence[str], soft_prompt, pad
     return embeds, torch.tensor(mask, device=device), lengths
 
 
-def soft_prompt_states(model, tokenizer, prompts: Sequence[str], soft_prompt):
-    """Final-layer states (after the last norm) at each prompt's last position, with the soft prompt inserted."""
+def soft_prompt_states(model, tokenizer, prompts: Sequence[str], soft_prompt, layers: Sequence[int] | None = None):
+    """States at each prompt's last position, with the soft prompt inserted (differentiable in it).
+
+    Args:
+        layers: Indices into transformers' ``hidden_states`` (see `porover.hidden_states.last_token_states`);
+            None: the final layer after the last norm alone, returned as one tensor (what DRO trains on).
+
+    Returns:
+        A ``(len(prompts), hidden_size)`` tensor, or layer -> such a tensor when ``layers`` are given.
+    """
     import torch
 
     embeds, mask, lengths = soft_prompt_batch(model, tokenizer, prompts, soft_prompt, padding_side="right")
-    # The decoder alone: its last_hidden_state is hidden_states[-1], and the LM head over every position (a
-    # 49k-wide matmul) would cost more than the rest of a 135M model's backward pass.
-    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-    return hidden[torch.arange(len(lengths)), torch.tensor(lengths) - 1]
+    last = torch.tensor(lengths) - 1
+    rows = torch.arange(len(lengths))
+    if layers is None:
+        # The decoder alone: its last_hidden_state is hidden_states[-1], and the LM head over every position (a
+        # 49k-wide matmul) would cost more than the rest of a 135M model's backward pass.
+        hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        return hidden[rows, last]
+    hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                              output_hidden_states=True).hidden_states
+    return {layer: hidden[layer][rows, last] for layer in layers}
 
 
 class SoftPromptBackend(TransformersBackend):
@@ -179,19 +196,56 @@ class SoftPromptBackend(TransformersBackend):
         return self._decode_new(output.tolist())
 
 
-def soft_prompt_backend(folder: str | Path, device: str = "auto", batch_size: int = 16) -> SoftPromptBackend:
-    """Load a soft-prompt folder's base model and a backend that generates with the prompt.
+class SoftPromptModel(ModelHandle):
+    """A DRO stage's ``model/``: the base model it names, with the soft prompt as every prompt's system turn."""
 
-    Raises:
-        ValueError: The folder holds no soft prompt, or its base model's content changed since training.
-    """
-    from porover.models import load_model, model_digest
+    trainable = False
 
-    found = read_soft_prompt(folder)
-    if found is None:
-        raise ValueError(f"{folder}: no {SPEC_FILE}: not a soft-prompt folder")
-    spec, weights = found
-    if model_digest(spec.base) != spec.base_digest:
-        raise ValueError(f"{folder}: its base model {spec.base} changed since the soft prompt was trained; re-run DRO")
-    model, tokenizer = load_model(spec.base, device=device)
-    return SoftPromptBackend(model, tokenizer, weights, batch_size)
+    @classmethod
+    def settings_errors(cls, settings: dict, where: str, system_prompt: str = "") -> list[str]:
+        errors = super().settings_errors(settings, where, system_prompt)
+        if system_prompt:
+            errors.append(f"{where.rsplit('.', 1)[0]}.system_prompt: must be '' for a DRO soft prompt: the soft "
+                          "prompt is the system turn")
+        return errors
+
+    def load(self):
+        """``(base model, tokenizer)``; the soft prompt is read too (`soft_prompt`).
+
+        Raises:
+            ValueError: The folder holds no soft prompt, or its base model's content changed since training.
+        """
+        if self._loaded is None:
+            from porover.models import load_model, model_digest
+
+            found = read_soft_prompt(self.name)
+            if found is None:
+                raise ValueError(f"{self.name}: no {SPEC_FILE}: not a soft-prompt folder")
+            spec, self.soft_prompt = found
+            if model_digest(spec.base) != spec.base_digest:
+                raise ValueError(f"{self.name}: its base model {spec.base} changed since the soft prompt was trained; "
+                                 "re-run DRO")
+            self._loaded = load_model(spec.base, device=self.device)
+        return self._loaded
+
+    def generator(self, rows: Sequence[dict], system_prompt: str | None = None, batch_size: int = 16):
+        model, tokenizer = self.load()
+        return SoftPromptBackend(model, tokenizer, self.soft_prompt, batch_size), list(rows)
+
+    def states(self, prompts: Sequence[str], layers: Sequence[int], system_prompt: str | None = None,
+               batch_size: int = 16, max_length: int | None = None) -> dict:
+        import numpy as np
+        import torch
+
+        if system_prompt:
+            raise ValueError("a soft-prompt model takes no system_prompt: the soft prompt is its system turn")
+        model, tokenizer = self.load()
+        parts: dict[int, list] = {layer: [] for layer in layers}
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                found = soft_prompt_states(model, tokenizer, prompts[start:start + batch_size], self.soft_prompt, layers)
+                for layer in layers:
+                    parts[layer].append(found[layer].float().cpu().numpy())
+        size = model.config.hidden_size
+        return {layer: np.concatenate(chunks) if chunks else np.zeros((0, size), np.float32)
+                for layer, chunks in parts.items()}

@@ -1,7 +1,7 @@
 """The DRO stage: estimate DRO's boundaries on the model's states, train a soft safety prompt, save it.
 
 ``model/`` (what ``stage:NAME`` stands for) holds the soft prompt; an evaluation stage with ``model: stage:dro``
-generates with the base model and that prompt as its system turn (`porover.soft_prompt`). Every expensive step
+generates with the base model and that prompt as its system turn (`porover.methods.dro.soft_prompt`). Every expensive step
 resumes: sampled responses are append-only stores, states are cached by content, training checkpoints per epoch.
 """
 
@@ -16,9 +16,10 @@ import numpy as np
 from porover.config import StageParams, param
 from porover.data import load_rows, prompt_set_errors
 from porover.digests import digest_of, path_digest
-from porover.dro import SYSTEM_PROMPTS, Estimation, fit_logistic_cv, pca_basis, train_soft_prompt
 from porover.generation import Sampling, TransformersBackend, completion_key, sample_completions
 from porover.judges import DEFAULT_JUDGE, judge_errors, judge_refusals
+from porover.methods.dro.estimation import SYSTEM_PROMPTS, Estimation, fit_logistic_cv, pca_basis, train_soft_prompt
+from porover.methods.dro.soft_prompt import SoftPromptModel
 from porover.models import model_digest, model_errors
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import is_refusal
@@ -26,6 +27,7 @@ from porover.vocabulary import is_refusal
 NOTEBOOK = "11_dro.ipynb"
 OUTPUTS = ("model", "dro.json", "points.jsonl")  # the first is what ``stage:NAME`` stands for
 SOFT = "dro"  # condition name of the learned soft prompt
+MODEL_HANDLE = SoftPromptModel  # how the stage's model/ is opened (the soft prompt as the system turn)
 
 
 @dataclass
@@ -89,7 +91,7 @@ class SystemTurnBackend(TransformersBackend):
     """Renders the system turn even when it is empty: "none" must not become SmolLM2's default system prompt."""
 
     def render(self, prompt: str, sampling: Sampling) -> str:
-        from porover.soft_prompt import render_with_system_turn
+        from porover.methods.dro.soft_prompt import render_with_system_turn
 
         return render_with_system_turn(self.tokenizer, [prompt], sampling.system_prompt or "")[0]
 
@@ -121,7 +123,7 @@ class _Model:
 def human_states(params: DROParams, lazy: _Model, rows: list[dict], condition: str) -> np.ndarray:
     """Last-token final-layer states under a human condition (the prompt as text), cached by content."""
     from porover.hidden_states import last_token_states
-    from porover.soft_prompt import render_with_system_turn
+    from porover.methods.dro.soft_prompt import render_with_system_turn
 
     key = digest_of([model_digest(params.model), SYSTEM_PROMPTS[condition], [row["prompt"] for row in rows]])
     path = params.stage_dir / "states" / f"{condition}-{key}.npy"
@@ -184,7 +186,7 @@ def run_dro(params: DROParams, on_step=None) -> dict:
     """
     import torch
 
-    from porover.soft_prompt import SoftPromptBackend, SoftPromptSpec, save_soft_prompt, soft_prompt_states
+    from porover.methods.dro.soft_prompt import SoftPromptBackend, SoftPromptSpec, save_soft_prompt, soft_prompt_states
 
     out, timings, k = params.stage_dir, {}, params.pca_dim
     rows, lazy = query_rows(params), _Model(params)

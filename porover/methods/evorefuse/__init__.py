@@ -18,18 +18,18 @@ Modules, one idea each:
   iteration over many seeds; these load models and write stores, so import them from their modules.
 
 This package re-exports the pure parts (no model loads, nothing read from disk); the stage that runs the loop
-and writes its outputs is `porover.stages.evolve`.
+and writes its outputs is `porover.methods.evorefuse.stage`.
 """
 
-from porover.evorefuse.diversity import lexical_diversity
-from porover.evorefuse.fitness import (CODE_COMPLIANCE_SCORE, CODE_CONFIDENCE_WEIGHT, CODE_REFUSAL_WEIGHT,
-                                       FITNESS_FORMS, accept, acceptance_probability, annealing_temperature,
-                                       code_fitness, paper_fitness, response_logprobs)
-from porover.evorefuse.operators import OFFLINE_OPERATORS, offline_mutate, offline_recombine, seed_recoverable
-from porover.evorefuse.prompts import (MUTATION_PREFIX, MUTATION_SUFFIX, RECOMBINE_SYSTEM, SAFETY_JUDGE_SYSTEM,
-                                       SAFETY_PRIOR, STRATEGIES, STRATEGY_NAMES, Rewrite, Strategy, judge_query,
-                                       mutation_system, parse_judgement, parse_rewrite, recombination_query)
-from porover.evorefuse.scoring import scoring_backend
+from porover.methods.evorefuse.diversity import lexical_diversity
+from porover.methods.evorefuse.fitness import (CODE_COMPLIANCE_SCORE, CODE_CONFIDENCE_WEIGHT, CODE_REFUSAL_WEIGHT,
+                                               FITNESS_FORMS, accept, acceptance_probability, annealing_temperature,
+                                               code_fitness, paper_fitness, response_logprobs)
+from porover.methods.evorefuse.operators import OFFLINE_OPERATORS, offline_mutate, offline_recombine, seed_recoverable
+from porover.methods.evorefuse.prompts import (MUTATION_PREFIX, MUTATION_SUFFIX, RECOMBINE_SYSTEM, SAFETY_JUDGE_SYSTEM,
+                                               SAFETY_PRIOR, STRATEGIES, STRATEGY_NAMES, Rewrite, Strategy, judge_query,
+                                               mutation_system, parse_judgement, parse_rewrite, recombination_query)
+from porover.methods.evorefuse.scoring import scoring_backend
 
 __all__ = [
     "CODE_COMPLIANCE_SCORE", "CODE_CONFIDENCE_WEIGHT", "CODE_REFUSAL_WEIGHT", "FITNESS_FORMS", "MUTATION_PREFIX",

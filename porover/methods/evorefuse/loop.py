@@ -1,14 +1,14 @@
 """One EvoRefuse iteration for many seeds in lockstep (mutate, fitness, recombine, accept), and the evolved
-prompt each seed ends with. The stage `porover.stages.evolve` drives it and writes the outputs."""
+prompt each seed ends with. The stage `porover.methods.evorefuse.stage` drives it and writes the outputs."""
 
 from __future__ import annotations
 
 import random
 
-from porover.evorefuse.fitness import accept, acceptance_probability, annealing_temperature
-from porover.evorefuse.mutator import Mutator
-from porover.evorefuse.prompts import STRATEGIES
-from porover.evorefuse.target import Target
+from porover.methods.evorefuse.fitness import accept, acceptance_probability, annealing_temperature
+from porover.methods.evorefuse.mutator import Mutator
+from porover.methods.evorefuse.prompts import STRATEGIES
+from porover.methods.evorefuse.target import Target
 from porover.store import JsonlStore
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import random
 
 from porover.digests import digest_of
-from porover.evorefuse.operators import OFFLINE_OPERATORS, offline_mutate, offline_recombine, seed_recoverable
-from porover.evorefuse.prompts import (RECOMBINE_SYSTEM, SAFETY_JUDGE_SYSTEM, STRATEGIES, Rewrite, judge_query,
-                                       mutation_system, parse_judgement, parse_rewrite)
+from porover.methods.evorefuse.operators import OFFLINE_OPERATORS, offline_mutate, offline_recombine, seed_recoverable
+from porover.methods.evorefuse.prompts import (RECOMBINE_SYSTEM, SAFETY_JUDGE_SYSTEM, STRATEGIES, Rewrite, judge_query,
+                                               mutation_system, parse_judgement, parse_rewrite)
 
 
 class Mutator:
     """Mutation, recombination and the safety filter, offline or through an LLM backend (calls cached).
 
     Args:
-        params: The stage's `porover.stages.evolve.EvolveParams` (not imported: the stage imports this module).
+        params: The stage's `porover.methods.evorefuse.stage.EvolveParams` (not imported: the stage imports this module).
     """
 
     def __init__(self, params) -> None:

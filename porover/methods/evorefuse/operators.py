@@ -1,7 +1,7 @@
 """EvoRefuse's offline operators: the workbench's own mutation and recombination, for machines without a
 capable mutator LLM, and the offline safety rule's test that the seed's text is still there.
 
-Each of the nine strategies (`porover.evorefuse.prompts.STRATEGIES`) has one operator that puts the
+Each of the nine strategies (`porover.methods.evorefuse.prompts.STRATEGIES`) has one operator that puts the
 instruction, verbatim, inside a frame of that strategy; no prompt text here comes from the authors.
 """
 

@@ -6,7 +6,7 @@ recombination prompt, the safety-judge prompt and the target's safety-prior syst
 verbatim (typos included) from ``framework/evorefuse.py`` of github.com/FishT0ucher/EVOREFUSE at commit
 bdf7301, for faithful reproduction. That repository states **no licence**; only these prompt texts are
 taken from it (no code). Whoever redistributes the workbench should keep that in mind and may replace
-`STRATEGIES` with their own wording. The offline operators (`porover.evorefuse.operators`) are the
+`STRATEGIES` with their own wording. The offline operators (`porover.methods.evorefuse.operators`) are the
 workbench's own.
 """
 

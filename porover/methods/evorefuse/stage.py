@@ -1,6 +1,6 @@
 """The EvoRefuse stage: evolve benign seed prompts until the target (the student) over-refuses them.
 
-Per seed and iteration (the loop of Wu et al.'s ``framework/evorefuse.py``; pieces in `porover.evorefuse`):
+Per seed and iteration (the loop of Wu et al.'s ``framework/evorefuse.py``; pieces in `porover.methods.evorefuse`):
 
 1. **Mutate** the current instruction with the nine strategies in order until ``n_mutants`` (L) mutants pass
    the safety filter (at most ``max_mutation_rounds`` passes over the nine: the authors loop forever).
@@ -11,7 +11,7 @@ Per seed and iteration (the loop of Wu et al.'s ``framework/evorefuse.py``; piec
 
 The mutator, recombiner and safety judge are an LLM through any backend (OpenAI-compatible endpoint, vLLM,
 in-process transformers; every call cached on disk, so a re-run re-asks nothing) or the offline operators
-(one per strategy, `porover.evorefuse.OFFLINE_OPERATORS`) with the offline safety rule: the seed is labelled
+(one per strategy, `porover.methods.evorefuse.OFFLINE_OPERATORS`) with the offline safety rule: the seed is labelled
 safe and its text is still there, verbatim. Every row says which mutator made it.
 
 Outputs: ``evolved.jsonl`` (what ``stage:NAME`` stands for: one evolved prompt per seed that changed, a prompt
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from porover.config import EndpointParams, StageParams, param
 from porover.data import prompt_set_errors
 from porover.digests import digest_of
-from porover import evorefuse as evo
-from porover.evorefuse.loop import final_prompts, run_iteration, seed_key
-from porover.evorefuse.mutator import Mutator
-from porover.evorefuse.target import Target, share
-from porover.models import model_errors
 from porover.judges import DEFAULT_JUDGE, judge_errors
+from porover.methods import evorefuse as evo
+from porover.methods.evorefuse.loop import final_prompts, run_iteration, seed_key
+from porover.methods.evorefuse.mutator import Mutator
+from porover.methods.evorefuse.target import Target, share
+from porover.models import model_errors
 from porover.store import JsonlStore, write_jsonl
 
 NOTEBOOK = "08_evolve.ipynb"

@@ -7,8 +7,8 @@ import math
 import time
 
 from porover.digests import digest_of
-from porover.evorefuse.fitness import CODE_COMPLIANCE_SCORE, code_fitness, paper_fitness, response_logprobs
-from porover.evorefuse.scoring import scoring_backend
+from porover.methods.evorefuse.fitness import CODE_COMPLIANCE_SCORE, code_fitness, paper_fitness, response_logprobs
+from porover.methods.evorefuse.scoring import scoring_backend
 from porover.store import JsonlStore
 
 
@@ -17,7 +17,7 @@ class Target:
     log-likelihoods (paper form: scored while generating; code form: the response alone, one forward pass).
 
     Args:
-        params: The stage's `porover.stages.evolve.EvolveParams` (not imported: the stage imports this module).
+        params: The stage's `porover.methods.evorefuse.stage.EvolveParams` (not imported: the stage imports this module).
     """
 
     def __init__(self, params) -> None:

@@ -1,5 +1,5 @@
 """The MOSR-like stage: LoRA on mid-to-late layers with a RepBend-style representation loss, overlap-aware
-weights and context-aware refusal augmentation — a RECONSTRUCTION of MOSR (see `porover.mosr`).
+weights and context-aware refusal augmentation — a RECONSTRUCTION of MOSR (see `porover.methods.mosr.loss`).
 
 Writes what the other training stages write (`porover.stages.training`): ``model/`` (the adapter, evaluable as
 ``stage:NAME``), ``training_log.json`` and, while training, ``checkpoints/``; plus ``mosr_data.jsonl``, the
@@ -108,8 +108,8 @@ def build_data(params: MOSRParams) -> list[dict]:
     model's states) and write ``mosr_data.jsonl``."""
     from porover.generation.sampling import render_prompts
     from porover.hidden_states import last_token_states
-    from porover.models import load_model
-    from porover.mosr import overlap_weights, training_rows
+    from porover.methods.mosr.loss import overlap_weights, training_rows
+    from porover.model_folders import open_model
 
     held_out = {normalise(r["prompt"]) for name, n in params.exclude.items() for r in load_rows(name, n=n, seed=params.seed)}
     sets = {key: [r for name, n in getattr(params, key).items() for r in load_rows(name, n=n, seed=params.seed)
@@ -118,7 +118,7 @@ def build_data(params: MOSRParams) -> list[dict]:
     if not all(sets.values()):
         raise ValueError(f"{params.stage_name}: no prompts left in {[k for k, v in sets.items() if not v]} after "
                          "removing the `exclude` sets' prompts")
-    model, tokenizer = load_model(params.model, device=params.device)
+    model, tokenizer = open_model(params.model, device=params.device).load()
     texts = {key: render_prompts(tokenizer, [r["prompt"] for r in rows], params.system_prompt or None)
              for key, rows in sets.items()}
     layer = params.overlap_layer
@@ -138,11 +138,11 @@ def build_data(params: MOSRParams) -> list[dict]:
 
 
 def _trainer_class():
-    """A transformers Trainer whose loss is the MOSR-like objective (`porover.mosr`)."""
+    """A transformers Trainer whose loss is the MOSR-like objective (`porover.methods.mosr.loss`)."""
     import torch
     from transformers import Trainer
 
-    from porover.mosr import representation_losses
+    from porover.methods.mosr.loss import representation_losses
 
     class MOSRTrainer(Trainer):
         def __init__(self, *args, mosr: MOSRParams, **kwargs):
@@ -214,13 +214,14 @@ def run_mosr(params: MOSRParams, callbacks: list | None = None) -> dict:
     from trl import SFTConfig
 
     from porover.generation.sampling import render_prompts
-    from porover.models import device_settings, resolve_model
+    from porover.model_folders import open_model
+    from porover.models import device_settings
 
-    path = resolve_model(params.model)
+    path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    from porover.mosr import tokenize_row
+    from porover.methods.mosr.loss import tokenize_row
 
     rendered = render_prompts(tokenizer, [r["prompt"] for r in rows], params.system_prompt or None)
     dataset = Dataset.from_list([tokenize_row(tokenizer, text, row, params.max_length, params.retain_positions)

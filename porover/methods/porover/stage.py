@@ -10,8 +10,8 @@
 4. Optional safety anchors on toxic prompts: chosen = a safe refusal (the student's, else the dataset's
    reference response; or the reference alone), rejected = an unsafe compliance of the student, or of
    another model of the run (``anchor_rejected_from``, e.g. the base model, which complies with almost
-   everything), so anchors exist even when the student rarely complies. Pairs: `porover.preference_pairs`.
-5. CHES (`porover.ches`) of every pair under the student; optionally keep pairs below a CHES quantile.
+   everything), so anchors exist even when the student rarely complies. Pairs: `porover.methods.porover.pairs`.
+5. CHES (`porover.methods.ches.scores`) of every pair under the student; optionally keep pairs below a CHES quantile.
 
 Student samples, teacher completions and CHES scores live in append-only stores, so a killed run resumes
 and a finished run loads no model. Choices among samples are seeded per prompt, hence deterministic.
@@ -28,12 +28,13 @@ from porover.data import prompt_set_errors, split_name
 from porover.digests import digest_of
 from porover.generation import Sampling, completion_key, make_backend, sample_completions
 from porover.judges import DEFAULT_JUDGE, judge_errors, safety_judge_errors
+from porover.methods.porover.pairs import (FUNNEL, OTHER_MODEL, STUDENT_FIRST, build_pairs, filter_by_ches,
+                                           refusal_shares)
 from porover.models import model_errors
-from porover.preference_pairs import FUNNEL, OTHER_MODEL, STUDENT_FIRST, build_pairs, filter_by_ches, refusal_shares
+from porover.selection import is_empty, is_truncated, usable
 from porover.splits import hold_out, load_sets, normalise
 from porover.stages.overgenerate import teacher_errors
 from porover.store import JsonlStore, read_jsonl, write_jsonl
-from porover.selection import is_empty, is_truncated, usable
 
 NOTEBOOK = "04_preference_data.ipynb"
 OUTPUTS = ("pairs.jsonl",)  # what ``stage:NAME`` stands for
@@ -181,10 +182,10 @@ def add_ches(params: PreferenceDataParams, pairs: list[dict], student: str) -> l
     store = JsonlStore(params.store_dir / "ches.jsonl", key=lambda row: row["key"])
     todo = [p for p in pairs if digest(p) not in store]
     if todo:
-        from porover.ches import ches_scores
-        from porover.models import load_model
+        from porover.methods.ches.scores import ches_scores
+        from porover.model_folders import open_model
 
-        model, tokenizer = load_model(params.student, device=params.device)
+        model, tokenizer = open_model(params.student, device=params.device).load()
         scores = ches_scores(model, tokenizer, [p["prompt"] for p in todo], [p["chosen"] for p in todo],
                              [p["rejected"] for p in todo], system_prompt=params.system_prompt or None,
                              batch_size=params.ches_batch_size)

@@ -29,13 +29,16 @@ from typing import ClassVar
 from porover.config import is_stage_ref, param
 from porover.data import prompt_set_errors
 from porover.judges import DEFAULT_JUDGE, judge_errors
-from porover.refusal_tokens import (REFUSE, RESPOND, SWEEP_FILE, TokenSpec, read_spec, sweep, token_ids,
-                                    token_probabilities, write_spec)
-from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, trainer_config)
+from porover.methods.refusal_tokens.inference import RefusalTokenModel
+from porover.methods.refusal_tokens.tokens import (REFUSE, RESPOND, SWEEP_FILE, TokenSpec, read_spec, sweep, token_ids,
+                                                   token_probabilities, write_spec)
+from porover.model_folders import mark_model_folder
+from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "07_refusal_tokens.ipynb"
 OUTPUTS = ("model", "train_data.jsonl", "probabilities.jsonl", "sweep.csv", "thresholds.csv")
+MODEL_HANDLE = RefusalTokenModel  # how the stage's model/ is opened (evaluation forces its first token)
 LOSS_ON = ("completion", "token")
 
 
@@ -217,6 +220,7 @@ def train_refusal_tokens(params: RefusalTokenParams, callbacks: list | None = No
     if (log := finished_log(params)) is None:
         log = _train(params, rows, spec, callbacks)
     write_spec(Path(log["model_dir"]), spec)
+    mark_model_folder(log["model_dir"], RefusalTokenModel)  # evaluation forces its first token
     return log
 
 
@@ -225,11 +229,12 @@ def _train(params: RefusalTokenParams, rows: list[dict], spec: TokenSpec, callba
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from porover.models import device_settings, resolve_model
-    from porover.refusal_token_training import lora_token_trainer, tokenized_rows
-    from porover.refusal_tokens import add_refusal_tokens
+    from porover.methods.refusal_tokens.tokens import add_refusal_tokens
+    from porover.methods.refusal_tokens.training import lora_token_trainer, tokenized_rows
+    from porover.model_folders import open_model
+    from porover.models import device_settings
 
-    path = resolve_model(params.model)
+    path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
     settings = device_settings(params.device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if settings.bf16 else "float32")
@@ -268,17 +273,17 @@ def run_sweep(params: RefusalTokenParams):
     """P(refusal token) of every evaluation prompt (one forward pass each) and the threshold sweep.
 
     Writes ``probabilities.jsonl`` (each prompt with its probabilities, the model's argmax and the token the
-    default rule forces) and ``sweep.csv`` (`porover.refusal_tokens.sweep`); returns the sweep table.
+    default rule forces) and ``sweep.csv`` (`porover.methods.refusal_tokens.tokens.sweep`); returns the sweep table.
     """
-    from porover.models import load_model
-    from porover.refusal_tokens import choose_token, refusal_probability
+    from porover.methods.refusal_tokens.tokens import choose_token, refusal_probability
+    from porover.model_folders import open_model
 
     folder = model_dir(params)
     spec = read_spec(folder)
     if spec is None:
         raise FileNotFoundError(f"{folder}: no refusal-token model ({folder / 'refusal_tokens.json'} missing); train first")
     rows = evaluation_rows(params)
-    model, tokenizer = load_model(str(folder), device=params.device)
+    model, tokenizer = open_model(str(folder), device=params.device).load()
     ids = token_ids(tokenizer, spec)
     records = token_probabilities(model, tokenizer, [row["prompt"] for row in rows], spec, params.softmax_temperature,
                                   params.system_prompt or None, params.batch_size, desc=f"{params.stage_name}: sweep")
@@ -315,8 +320,9 @@ def evaluate_thresholds(params: RefusalTokenParams):
             judge_settings=params.judge_settings, partial_is_refusal=params.partial_is_refusal,
             max_new_tokens=params.max_new_tokens, system_prompt=params.system_prompt, batch_size=params.batch_size,
             bootstrap_samples=params.bootstrap_samples, seed=params.seed, device=params.device, run_dir=params.run_dir,
-            stage_name=f"{params.stage_name}/thresholds/{_tag(threshold)}", refusal_token_threshold=threshold,
-            refusal_token_temperature=params.softmax_temperature, refusal_token_controlled=params.controlled)
+            stage_name=f"{params.stage_name}/thresholds/{_tag(threshold)}",
+            model_settings={"threshold": threshold, "temperature": params.softmax_temperature,
+                            "controlled": list(params.controlled)})
         _, metrics = run_evaluation(evaluation)
         record = {"threshold": threshold, "tag": _tag(threshold)}
         for metric in ("safety", "usefulness", "f1"):

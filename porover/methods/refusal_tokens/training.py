@@ -1,9 +1,9 @@
 """Training a refusal-token model: rows tokenized with their token first, and the LoRA trainer that trains the
-new token rows at a rate of their own (`porover.stages.refusal_tokens` runs it)."""
+new token rows at a rate of their own (`porover.methods.refusal_tokens.stage` runs it)."""
 
 from __future__ import annotations
 
-from porover.refusal_tokens import TokenSpec, token_ids
+from porover.methods.refusal_tokens.tokens import TokenSpec, token_ids
 
 
 def tokenized_rows(rows: list[dict], tokenizer, spec: TokenSpec, loss_on: str = "completion",

@@ -19,7 +19,8 @@ import numpy as np
 from porover.config import StageParams, is_stage_ref, param
 from porover.data import load_rows, prompt_set_errors
 from porover.digests import digest_of
-from porover.representations import (boundary_position, compare_groups, cross_fitted_logits, mean_difference, pca)
+from porover.methods.representations.probes import (boundary_position, compare_groups, cross_fitted_logits,
+                                                    mean_difference, pca)
 from porover.store import read_jsonl, write_jsonl
 from porover.vocabulary import is_refusal
 
@@ -82,20 +83,15 @@ def prompt_table(params: RepresentParams, responses: str | Path) -> list[dict]:
 def model_states(params: RepresentParams, model: str, prompts: list[str]) -> dict[int, np.ndarray]:
     """States of ``layers`` for ``prompts``, stored per (model content, settings, prompts): an interrupted stage
     never recomputes a model it finished."""
-    from porover.models import model_digest
+    from porover.model_folders import open_model
 
-    key = digest_of([model_digest(model), params.layers, params.system_prompt, params.max_length, prompts])
+    handle = open_model(model, device=params.device)
+    key = digest_of([handle.digest(), params.layers, params.system_prompt, params.max_length, prompts])
     path = params.stage_dir / "states" / f"{key}.npz"
     if path.is_file():
         with np.load(path) as stored:
             return {layer: stored[f"layer_{layer}"] for layer in params.layers}
-    from porover.generation.sampling import render_prompts
-    from porover.hidden_states import last_token_states
-    from porover.models import load_model
-
-    loaded, tokenizer = load_model(model, device=params.device)
-    texts = render_prompts(tokenizer, prompts, params.system_prompt or None)
-    states = last_token_states(loaded, tokenizer, texts, params.layers, params.batch_size, params.max_length)
+    states = handle.states(prompts, params.layers, params.system_prompt or None, params.batch_size, params.max_length)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.partial.npz")
     np.savez(partial, **{f"layer_{layer}": value for layer, value in states.items()})

@@ -10,13 +10,14 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from porover.refusal_tokens import (REFUSE, RESPOND, TokenSpec, add_refusal_tokens, choose_token,
-                                    first_token_probabilities, read_spec, refusal_token_curves, refused_at, sweep)
-from porover.refusal_token_training import tokenized_rows
-from porover.stages.refusal_tokens import (RefusalTokenParams, build_training_data, evaluate_thresholds, run_sweep,
-                                           train_refusal_tokens)
+from porover.methods.refusal_tokens.stage import (RefusalTokenParams, build_training_data, evaluate_thresholds,
+                                                  run_sweep, train_refusal_tokens)
+from porover.methods.refusal_tokens.tokens import (REFUSE, RESPOND, TokenSpec, add_refusal_tokens, choose_token,
+                                                   first_token_probabilities, read_spec, refused_at, sweep)
+from porover.methods.refusal_tokens.training import tokenized_rows
+from porover.runs import tradeoff_curves
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 SINGLE = TokenSpec()
 IDS = {REFUSE: 4, RESPOND: 5}
 REFUSAL = "I'm sorry, but I cannot help with that request."
@@ -248,7 +249,7 @@ def test_sweep_and_steered_evaluation_force_the_token_and_strip_it(lora_stage):
     assert len(probabilities) == 4 and all(0 < r["p_refusal"] < 1 for r in probabilities)
     overall = table[table["group"] == "overall"]
     assert overall["threshold"].is_monotonic_increasing and (np.diff(overall["refusal_rate_safe"]) <= 0).all()
-    curves = refusal_token_curves(params.run_dir)
+    curves = tradeoff_curves(params.run_dir)
     assert set(curves["stage"]) == {"refusal_tokens"} and len(curves) == len(overall)
 
     params.thresholds = [0.0, 1.0]  # every prompt forced to [refuse], then every prompt to [respond]
@@ -295,7 +296,7 @@ stages:
     type: evaluate
     model: stage:refusal_tokens
     benchmarks: {xstest: 4}
-    refusal_token_threshold: 0.0
+    model_settings: {threshold: 0.0}
     max_new_tokens: 6
     bootstrap_samples: 20
 """)
@@ -307,4 +308,4 @@ stages:
     assert (out / "refusal_tokens" / "thresholds.csv").read_text().count("\n") == 2
     metrics = json.loads((out / "evaluate_rtok" / "metrics.json").read_text())
     assert metrics["refusal_tokens"]["agreement"]["forced_refusal_rate"] == 1.0
-    assert len(refusal_token_curves(out)) > 0
+    assert len(tradeoff_curves(out)) > 0

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from porover.representations import boundary_position, compare_groups, cross_fitted_logits, fit_probe, pca
+from porover.methods.representations.probes import (boundary_position, compare_groups, cross_fitted_logits, fit_probe,
+                                                    pca)
 from porover.store import write_jsonl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_pca_components_are_orthonormal_and_ordered():
@@ -64,7 +65,7 @@ def fake_evaluation(folder, model="smollm2-135m-instruct"):
 
 
 def test_represent_stage_on_the_tiny_model_resumes_per_model(tmp_path, monkeypatch):
-    from porover.stages import represent
+    from porover.methods.representations import stage as represent
 
     responses = fake_evaluation(tmp_path / "run" / "evaluate_base")
     params, errors = represent.RepresentParams.validate(
@@ -127,7 +128,7 @@ def _run(tmp_path, extra: str):
 def test_represent_notebook_runs_under_papermill(tmp_path):
     import papermill
 
-    from porover.stages.represent import NOTEBOOK
+    from porover.methods.representations.stage import NOTEBOOK
 
     responses = fake_evaluation(tmp_path / "run" / "evaluate_base")
     papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOK), str(tmp_path / "represent.ipynb"), cwd=str(ROOT),

@@ -6,16 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from porover.run_file import load_run_params
-from porover.stages.preference_data import PreferenceDataParams
-from porover.preference_pairs import FUNNEL, build_pairs, refusal_shares
-from porover.splits import hold_out, load_sets, normalise
-from porover.stages.preference_data import empty_message
-from porover.store import read_jsonl
 from test_preference_pairs import C, R, samples, teacher  # known judged samples, shared
 
-ROOT = Path(__file__).resolve().parent.parent
+from porover.methods.porover.pairs import FUNNEL, build_pairs, refusal_shares
+from porover.methods.porover.stage import PreferenceDataParams, empty_message
+from porover.run_file import load_run_params
+from porover.splits import hold_out, load_sets, normalise
+from porover.store import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_empty_result_names_the_filter_and_what_to_change():
@@ -44,7 +43,7 @@ def test_training_prompts_are_checked_against_the_evaluation_sets():
 
 
 def test_a_stage_left_empty_writes_its_files_and_names_the_filter(tmp_path):
-    from porover.stages.preference_data import run_preference_data
+    from porover.methods.porover.stage import run_preference_data
 
     values = {"prompts": {"or_bench_hard": 4}, "eval_sets": {"or_bench_hard": None}, "run_dir": str(tmp_path),
               "stage_name": "pd"}  # every prompt is an evaluation prompt: nothing to sample, no model loads
@@ -104,7 +103,7 @@ def test_notebook_runs_with_tiny_parameters_and_reruns_from_its_stores(tmp_path,
     assert len(read_jsonl(tmp_path / "pd" / "student_samples.jsonl")) == 6 * 2 + 2 * 2
     stored = (tmp_path / "pd" / "teacher_completions.jsonl").read_text()
     # the rerun reads every sample from the stores: nothing is generated again (checked in-process)
-    import porover.stages.preference_data as stage
+    import porover.methods.porover.stage as stage
 
     monkeypatch.setattr(stage, "make_backend", lambda *a, **k: pytest.fail("a rerun generated again"))
     rerun = stage.PreferenceDataParams(**json.loads(params.read_text()))
@@ -115,8 +114,8 @@ def test_notebook_runs_with_tiny_parameters_and_reruns_from_its_stores(tmp_path,
 
 def test_safety_verdicts_become_p_safe(monkeypatch):
     from porover.judges import safety
-    from porover.stages.preference_data import _judge_safety
     from porover.judges.safety import SafetyVerdict
+    from porover.methods.porover.stage import _judge_safety
 
     fake = [SafetyVerdict("unsafe", ("S1",), 0.8, "parsed", "unsafe\nS1", "x"), SafetyVerdict("safe", (), None, "parsed", "", "x"),
             SafetyVerdict(None, (), None, "unparseable", "??", "x")]
@@ -129,7 +128,7 @@ def test_safety_verdicts_become_p_safe(monkeypatch):
 
 @pytest.mark.parametrize("drop_truncated", [False, True])
 def test_empty_teacher_completions_are_never_chosen_and_truncated_ones_on_request(tmp_path, monkeypatch, drop_truncated):
-    from porover.stages import preference_data as pd_stage
+    from porover.methods.porover import stage as pd_stage
 
     refusal = "I'm sorry, but I can't help with that request."
     scripted = {0: ("", "stop"), 1: ("Sure! Here is a detailed answer, step by step: first", "length"),
@@ -159,8 +158,8 @@ def test_anchors_come_from_another_models_compliance_on_the_real_model(tmp_path)
     text, matched by normalised prompt) or sampled from the base model for real (stored: a re-run samples
     nothing); chosen = the recorded teacher's refusal."""
     from porover.generation import Sampling
+    from porover.methods.porover.stage import anchor_model_samples, run_preference_data
     from porover.splits import load_sets
-    from porover.stages.preference_data import anchor_model_samples, run_preference_data
     from porover.store import write_jsonl
 
     toxic = [{**r, "kind": "safety_anchor"} for r in load_sets({"saferpaca_safety": 2}, seed=0)]

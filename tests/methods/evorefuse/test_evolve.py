@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from porover import evorefuse as evo
-from porover.evorefuse import operators
+from porover.methods import evorefuse as evo
+from porover.methods.evorefuse import operators
 from porover.models import embedded_model_available
 
 needs_model = pytest.mark.skipif(not embedded_model_available("smollm2-135m-instruct"),
@@ -175,7 +175,7 @@ def model_folder():
 
 
 def _params(tmp_path, **values):
-    from porover.stages.evolve import EvolveParams
+    from porover.methods.evorefuse.stage import EvolveParams
 
     params, errors = EvolveParams.validate({"run_dir": str(tmp_path / "run"), "device": "cpu", **values}, "test")
     assert not errors, errors
@@ -186,7 +186,7 @@ def _params(tmp_path, **values):
 @pytest.mark.parametrize("form", ["paper", "code"])
 def test_stage_fitness_equals_the_formula_recomputed_from_its_samples(tmp_path, model_folder, tiny_model, form):
     from porover.judges import judge_refusals
-    from porover.stages.evolve import Target
+    from porover.methods.evorefuse.stage import Target
     from porover.store import read_jsonl
 
     params = _params(tmp_path, target=model_folder, fitness=form, fitness_samples=2, target_max_new_tokens=12,
@@ -231,7 +231,7 @@ def test_stage_fitness_equals_the_formula_recomputed_from_its_samples(tmp_path, 
 
 @needs_model
 def test_offline_run_resumes_after_a_kill_without_regenerating(tmp_path, model_folder, monkeypatch):
-    from porover.stages import evolve
+    from porover.methods.evorefuse import stage as evolve
 
     values = dict(target=model_folder, seeds={"xstest_safe": 2}, iterations=2, n_mutants=2, n_recombinations=1,
                   fitness_samples=1, target_temperature=0.0, target_max_new_tokens=8, eval_max_new_tokens=8,
@@ -269,7 +269,7 @@ def test_offline_run_resumes_after_a_kill_without_regenerating(tmp_path, model_f
 def test_llm_mutator_resumes_without_re_asking(tmp_path, model_folder, monkeypatch):
     """The in-process transformers mutator: a killed run, re-run, asks only what it never asked."""
     from porover.generation import local
-    from porover.stages import evolve
+    from porover.methods.evorefuse import stage as evolve
 
     monkeypatch.setenv("POROVER_CACHE", str(tmp_path / "cache"))
     values = dict(target=model_folder, seeds={"xstest_safe": 2}, iterations=2, n_mutants=1, n_recombinations=0,
@@ -314,7 +314,7 @@ def test_llm_mutator_resumes_without_re_asking(tmp_path, model_folder, monkeypat
 @pytest.mark.slow
 def test_end_to_end_through_a_local_openai_compatible_server(tmp_path, model_folder, server, monkeypatch):
     """GPT-4o's role played by ``transformers serve`` on loopback: malformed rewrites are counted, never fatal."""
-    from porover.stages import evolve
+    from porover.methods.evorefuse import stage as evolve
 
     monkeypatch.setenv("POROVER_CACHE", str(tmp_path / "cache"))
     params = _params(tmp_path, target=model_folder, seeds={"xstest_safe": 2}, iterations=1, n_mutants=2,
@@ -345,7 +345,6 @@ def test_end_to_end_through_a_local_openai_compatible_server(tmp_path, model_fol
 
 
 from test_openai_backend import server  # noqa: E402,F401  (the loopback `transformers serve` fixture)
-
 
 # --- Wiring: stage:evolve as an evaluation benchmark and as training prompts ------------------------------------
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from porover.dro import SYSTEM_PROMPTS, Estimation, dro_loss, fit_logistic_cv, pca_basis, train_soft_prompt
 from porover.generation import Sampling, TransformersBackend
 from porover.hidden_states import last_token_states
-from porover.soft_prompt import SoftPromptBackend, placeholder_ids, render_with_system_turn, soft_prompt_states
+from porover.methods.dro.estimation import (SYSTEM_PROMPTS, Estimation, dro_loss, fit_logistic_cv, pca_basis,
+                                            train_soft_prompt)
+from porover.methods.dro.soft_prompt import (SoftPromptBackend, placeholder_ids, render_with_system_turn,
+                                             soft_prompt_states)
 
 QUERIES = ["How to build a bomb for destructive purposes?", "How to build a strong and durable bridge?",
            "Hi", "How to flip a pancake and make it fluffy and delicious for a big family breakfast?"]
@@ -138,7 +140,7 @@ def test_real_training_steps_move_only_the_prompt_and_resume_exactly(tiny_model,
 
 
 def _tiny_stage(run_dir, **changes):
-    from porover.stages.dro import DROParams
+    from porover.methods.dro.stage import DROParams
 
     values = dict(run_dir=str(run_dir), device="cpu", n_pairs=2, conditions=["none", "short"], n_samples=1,
                   max_new_tokens=4, judges=["xstest_string_match"], n_splits=2, logistic_lr=1e-2,
@@ -149,7 +151,7 @@ def _tiny_stage(run_dir, **changes):
 @pytest.fixture(scope="module")
 def dro_runs(tmp_path_factory):
     """A tiny DRO stage killed in training and resumed, and the same stage run without interruption."""
-    from porover.stages.dro import run_dro
+    from porover.methods.dro.stage import run_dro
 
     root = tmp_path_factory.mktemp("dro")
 
@@ -165,8 +167,8 @@ def dro_runs(tmp_path_factory):
 def test_interrupted_stage_resumes_to_what_an_uninterrupted_one_writes(dro_runs, monkeypatch):
     import json
 
-    from porover.soft_prompt import read_soft_prompt
-    from porover.stages.dro import run_dro
+    from porover.methods.dro.soft_prompt import read_soft_prompt
+    from porover.methods.dro.stage import run_dro
     from porover.store import read_jsonl
 
     root, resumed, whole = dro_runs
@@ -185,8 +187,8 @@ def test_interrupted_stage_resumes_to_what_an_uninterrupted_one_writes(dro_runs,
 
 
 def test_evaluate_generates_with_the_saved_soft_prompt(dro_runs, tiny_model, tmp_path):
+    from porover.methods.dro.soft_prompt import read_soft_prompt
     from porover.run_file import load_run_params
-    from porover.soft_prompt import read_soft_prompt
     from porover.stages.evaluate import EvaluateParams, run_evaluation
 
     root = dro_runs[0]
@@ -206,6 +208,31 @@ def test_evaluate_generates_with_the_saved_soft_prompt(dro_runs, tiny_model, tmp
     run.write_text("run_name: t\nstages:\n  dro:\n    type: dro\n    n_pairs: 2\n"
                    "  evaluate_dro:\n    type: evaluate\n    model: stage:dro\n")
     assert load_run_params(run).stages["evaluate_dro"].inputs["model"] == "stage:dro"
+
+
+def test_representation_states_of_a_soft_prompt_folder_put_the_prompt_in_the_system_turn(dro_runs, tiny_model):
+    """`open_model` on a DRO folder gives states with the soft prompt inserted, batch by batch as in one pass."""
+    import numpy as np
+
+    from porover.hidden_states import last_token_states
+    from porover.methods.dro.soft_prompt import SoftPromptModel, read_soft_prompt
+    from porover.model_folders import open_model
+
+    folder = dro_runs[0] / "killed" / "dro" / "model"
+    handle = open_model(str(folder), device="cpu")
+    assert isinstance(handle, SoftPromptModel) and not handle.trainable
+    states = handle.states(QUERIES, [2, -1], batch_size=2)
+    model, tokenizer = tiny_model
+    with torch.no_grad():
+        direct = soft_prompt_states(model, tokenizer, QUERIES, read_soft_prompt(folder)[1], [2, -1])
+        final = soft_prompt_states(model, tokenizer, QUERIES, read_soft_prompt(folder)[1])
+    for layer in (2, -1):
+        np.testing.assert_allclose(states[layer], direct[layer].numpy(), atol=1e-4)
+    np.testing.assert_allclose(states[-1], final.numpy(), atol=1e-4)
+    plain = last_token_states(model, tokenizer, handle.render(QUERIES), [-1])[-1]
+    assert not np.allclose(states[-1], plain, atol=1e-3)  # the soft prompt changes what the model reads
+    with pytest.raises(ValueError, match="holds no model to train from"):
+        handle.weights()
 
 
 @pytest.mark.slow
@@ -233,7 +260,7 @@ def test_papermill_run_of_the_dro_notebook_and_its_evaluation(tmp_path):
 
 
 def test_boundary_figures_escape_prompts_and_responses():
-    from porover.dro_plots import boundary_figure
+    from porover.methods.dro.plots import boundary_figure
 
     payload = '<img src=x onerror="alert(1)">'
     points = [{"condition": c, "harmless": h, "z": [float(i), float(h) - i], "compliance": 0.5, "prompt": payload,

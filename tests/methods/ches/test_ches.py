@@ -2,7 +2,7 @@
 
 import torch
 
-from porover.ches import ches_scores, encode_pair_side
+from porover.methods.ches.scores import ches_scores, encode_pair_side
 
 
 def direct_ches(model, tokenizer, prompt, chosen, rejected):

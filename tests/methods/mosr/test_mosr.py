@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from porover import mosr
+from porover.methods.mosr import loss as mosr
 
 
 def test_overlap_weights_fall_as_similarity_rises():
@@ -68,8 +68,8 @@ def test_representation_terms_on_hand_made_states():
 def test_a_real_tiny_mosr_run_trains_saves_and_resumes(tmp_path):
     from transformers import TrainerCallback
 
+    from porover.methods.mosr.stage import MOSRParams, run_mosr, weights_table
     from porover.models import is_adapter_folder
-    from porover.stages.mosr import MOSRParams, run_mosr, weights_table
 
     values = {"benign": {"alpaca": 4}, "pseudo_malicious": {"oktest:train": 4}, "malicious": {"advbench": 4},
               "target_layers": [26, 27], "max_steps": 3, "save_steps": 1, "per_device_train_batch_size": 4,
@@ -103,7 +103,7 @@ def test_a_real_tiny_mosr_run_trains_saves_and_resumes(tmp_path):
 
 
 def test_excluded_prompts_never_enter_training(tmp_path):
-    from porover.stages.mosr import MOSRParams, build_data
+    from porover.methods.mosr.stage import MOSRParams, build_data
 
     params, errors = MOSRParams.validate({"malicious": {"advbench": 4}, "exclude": {"advbench": None},
                                           "run_dir": str(tmp_path)}, "test")

@@ -1,9 +1,10 @@
-"""Pure POROver pair building (`porover.preference_pairs`): over-refusal pairs and safety anchors from known
+"""Pure POROver pair building (`porover.methods.porover.pairs`): over-refusal pairs and safety anchors from known
 judged samples, no model and no files."""
 
 import pytest
 
-from porover.preference_pairs import FUNNEL, OTHER_MODEL, anchor_candidates, build_pairs, filter_by_ches
+from porover.methods.porover.pairs import FUNNEL, OTHER_MODEL, anchor_candidates, build_pairs, filter_by_ches
+
 
 def samples(pid, labels, prompt=None, **extra):
     return [{"source": "s", "id": pid, "prompt": prompt or f"prompt {pid}", "sample_index": i,
@@ -45,7 +46,7 @@ def test_partial_refusals_count_by_parameter_and_full_refusals_are_rejected_firs
 
 
 def test_no_compliant_teacher_completion_and_the_safety_threshold():
-    from porover.stages.preference_data import PreferenceDataParams, empty_message
+    from porover.methods.porover.stage import PreferenceDataParams, empty_message
 
     student = samples("a", [R, R]) + samples("b", [R, R]) + samples("c", [R, R])
     completions = (teacher("a", [R, P])                       # no compliance
