@@ -36,7 +36,7 @@ from porover.judges import act_lr, minilm_lr
 from porover.judges.sources import labelled_responses, source_folds, source_weights
 from porover.vocabulary import REFUSAL_CLASSES
 
-BLOCK_SETS = (("phrase",), ("head",), ("phrase", "head"), ("phrase", "head", "first_sentence"),
+BLOCK_SETS = (("phrase", "head"), ("phrase", "head", "first_sentence"),
               ("phrase", "head", "tail"), ("phrase", "head", "first_sentence", "tail"),
               ("phrase", "head", "tail", "prompt_similarity"), act_lr.BLOCKS)
 L2_GRID = (10.0, 100.0, 1000.0)
@@ -99,7 +99,7 @@ def score_candidates(table: pd.DataFrame, blocks: dict, sources: list[str], floo
         x, names = stack(blocks, chosen)
         figures = {}
         for source, fit_mask, score_mask in source_folds(table, sources):
-            fit_mask &= table["source"].isin(sources).to_numpy()
+            fit_mask = fit_mask & table["source"].isin(sources).to_numpy()
             weights = minilm_lr.fit(x[fit_mask], table["label"][fit_mask].tolist(), names, l2=l2,
                                     max_class_weight=MAX_CLASS_WEIGHT,
                                     row_weight=source_weights(table["source"][fit_mask], weighting))
