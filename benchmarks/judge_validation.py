@@ -24,7 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pandas as pd
 
 from porover.judges.held_out import generalisation, summary
-from porover.judges.sources import OFFLINE_JUDGES, error_counts, offline_judges_held_out
+from porover.judges.sources import (OFFLINE_JUDGES, error_counts, offline_judges_held_out, shipped_judges_on,
+                                   workbench_responses)
 from porover.judges import judge_refusals
 from porover.judges.human_labels import (LABELLED, cross_validate_default_judge, fit_default_judge, human_labels,
                                 validate_against_human_labels, validation_table)
@@ -61,6 +62,8 @@ def main() -> None:
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         print("Leave one source out (refusal = positive; partial counts as refusal)")
         print(held.round(3).to_string(index=False))
+        print("\nExternal check, judges as shipped (workbench_smollm: never fitted or chosen on)")
+        print(shipped_judges_on(workbench_responses()).round(3).to_string(index=False))
     if args.write_error:
         from porover.judges import JUDGE_ERROR_PATH
 

@@ -13,7 +13,7 @@ rank first; among them the highest mean refusal F1 over held-out sources wins (p
 refusals); within 0.005 of it, fewer features, then stronger L2, win. The winner is re-fitted on every
 labelled row of every source and written with fit-time probabilities of canned responses (`CHECK`).
 
-Because the choice itself looks at the held-out figures, the script also prints a *nested* estimate: for each
+Because the choice itself looks at the held-out figures, ``--nested`` also prints a *nested* estimate: for each
 outer held-out source, the candidate is chosen by the same criterion on the other sources alone (inner
 leave-one-source-out) and only then scored on the outer source.
 """
@@ -36,10 +36,8 @@ from porover.judges import act_lr, minilm_lr
 from porover.judges.sources import labelled_responses, source_folds, source_weights
 from porover.vocabulary import REFUSAL_CLASSES
 
-BLOCK_SETS = (("phrase", "head"), ("phrase", "head", "first_sentence"),
-              ("phrase", "head", "tail"), ("phrase", "head", "first_sentence", "tail"),
-              ("phrase", "head", "tail", "prompt_similarity"), act_lr.BLOCKS)
-L2_GRID = (10.0, 100.0, 1000.0)
+BLOCK_SETS = (("phrase", "head"), ("phrase", "head", "first_sentence"), ("phrase", "head", "tail"), act_lr.BLOCKS)
+L2_GRID = (30.0, 300.0)
 WEIGHTINGS = ("equal", "rows")
 MAX_CLASS_WEIGHT = 1.0
 # Fit-time probabilities of these (prompt, response) pairs are stored with the weights; tests recompute them.
@@ -124,6 +122,7 @@ def rank(scores: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the choice, write nothing")
+    parser.add_argument("--nested", action="store_true", help="also the nested estimate (twice the fits again)")
     parser.add_argument("--out", type=Path, default=act_lr.WEIGHTS_PATH)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("POROVER_CACHE", Path.home() / ".cache" / "porover")))
     args = parser.parse_args()
@@ -139,15 +138,16 @@ def main() -> None:
         print("string-match floor (F1, binary accuracy):", {s: tuple(round(v, 3) for v in f) for s, f in floor.items()})
         print(scores.round(3).to_string(index=False))
         nested = []
-        for outer in sources:
+        for outer in sources if args.nested else ():
             inner = [s for s in sources if s != outer]
             pick = score_candidates(table, blocks, inner, floor).iloc[0]
             row = scores[(scores["blocks"] == pick["blocks"]) & (scores["l2"] == pick["l2"])
                          & (scores["weighting"] == pick["weighting"])].iloc[0]
             nested.append({"held_out": outer, "chosen_without_it": f"{pick['blocks']} l2={pick['l2']} {pick['weighting']}",
                            "f1": row[f"f1:{outer}"], "binary_accuracy": row[f"acc:{outer}"]})
-        print("\nnested (choice made without the held-out source):")
-        print(pd.DataFrame(nested).round(3).to_string(index=False))
+        if nested:
+            print("\nnested (choice made without the held-out source):")
+            print(pd.DataFrame(nested).round(3).to_string(index=False))
     best = scores.iloc[0]
     chosen = tuple(best["blocks"].split("+"))
     x, names = stack(blocks, chosen)

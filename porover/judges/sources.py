@@ -174,3 +174,23 @@ def error_counts(results: pd.DataFrame, per_source: int = 100) -> dict[str, dict
         scaled = [rows[k] * per_source / rows[["tp", "fn", "tn", "fp"]].sum(axis=1) for k in ("tp", "fn", "tn", "fp")]
         out[judge] = {k: int(round(float(v.sum()))) for k, v in zip(("tp", "fn", "tn", "fp"), scaled)}
     return out
+
+
+def workbench_responses() -> pd.DataFrame:
+    """The external check (`COLUMNS`): the demo base model's 140 answers (SmolLM2-135M, 64 tokens, XSTest and
+    OR-Bench prompts), hand-labelled; never fitted on and never used to choose a judge."""
+    with gzip.open(DATA / "workbench_smollm.jsonl.gz", "rt", encoding="utf-8") as handle:
+        table = pd.DataFrame([json.loads(line) for line in handle])
+    return table.assign(scored=True)[COLUMNS]
+
+
+def shipped_judges_on(table: pd.DataFrame, judges: Sequence[str] = OFFLINE_JUDGES) -> pd.DataFrame:
+    """Every judge *as shipped* on ``table``'s rows (for data none of them was fitted on): `METRICS` and counts."""
+    from porover.judges import judge_refusals
+
+    rows = []
+    for name in judges:
+        verdicts = judge_refusals(table["prompt"].tolist(), table["response"].tolist(), judge=name)
+        result = score_labels(table["label"].tolist(), verdicts)
+        rows.append({"judge": name, **{m: result[m] for m in METRICS}})
+    return pd.DataFrame(rows)

@@ -18,7 +18,7 @@ import pandas as pd
 from porover.report.browser import write_browser
 from porover.report.pages import (NOTEBOOK_CSS, PLOTLY_JS, figure_html, notebook_css, notebook_html, page,
                                   write_plotly_js)
-from porover.report.tables import headline_table, headline_text, judge_error_table, run_label, write_tables
+from porover.report.tables import headline_table, headline_text, run_label, write_tables
 
 __all__ = ["build_report", "headline_table", "headline_text"]
 
@@ -88,7 +88,7 @@ def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) ->
                      f"<a href='{escape(files['csv'])}'>CSV</a> and <a href='{escape(files['tex'])}'>LaTeX</a>; the numbers "
                      f"alone in <a href='{escape(files['numbers'])}'>{escape(files['numbers'])}</a>.</p>")
         parts.append(headline_table(run_dir).to_html(classes="headline", na_rep="–"))
-        errors = judge_error_table(run_dir)
+        errors = analysis.judge_error_table(table)
         if errors is not None:
             parts.append("<p class='muted'>The same rates corrected for the judge's measured error (Rogan–Gladen, with "
                          "sensitivity and specificity from held-out labelled sources; the interval also carries their "
