@@ -36,8 +36,11 @@ from porover.judges import act_lr, minilm_lr
 from porover.judges.sources import labelled_responses, source_folds, source_weights
 from porover.vocabulary import REFUSAL_CLASSES
 
-BLOCK_SETS = (("phrase", "head"), ("phrase", "head", "first_sentence"), ("phrase", "head", "tail"), act_lr.BLOCKS)
-L2_GRID = (30.0, 300.0)
+BLOCK_SETS = (("phrase",), ("phrase", "act_phrases"), ("phrase", "act_phrases", "act_similarity"),
+              ("phrase", "act_phrases", "first_sentence"), ("phrase", "act_similarity"), ("phrase", "first_sentence"),
+              ("phrase", "first_sentence", "act_similarity"), ("phrase", "head"), ("phrase", "head", "first_sentence"),
+              ("phrase", "head", "tail"), act_lr.BLOCKS)
+L2_GRID = (30.0, 300.0, 3000.0)
 WEIGHTINGS = ("equal", "rows")
 MAX_CLASS_WEIGHT = 1.0
 # Fit-time probabilities of these (prompt, response) pairs are stored with the weights; tests recompute them.
@@ -57,7 +60,10 @@ def features(table: pd.DataFrame, cache: Path) -> dict[str, tuple[np.ndarray, li
     path = cache / f"act_lr_features_{key}.npz"
     if path.exists():
         stored = np.load(path, allow_pickle=True)
-        return {block: (stored[block], list(stored[f"{block}_names"])) for block in act_lr.BLOCKS}
+        blocks = {block: (stored[block], list(stored[f"{block}_names"])) for block in act_lr.BLOCKS if block in stored}
+        # blocks without embeddings are cheap: computed afresh when the cache predates them
+        return blocks | act_lr.block_features(table["prompt"].tolist(), table["response"].tolist(),
+                                              [b for b in ("phrase", "act_phrases") if b not in blocks])
     blocks = act_lr.block_features(table["prompt"].tolist(), table["response"].tolist())
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{block: x for block, (x, _) in blocks.items()},
