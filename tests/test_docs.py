@@ -181,6 +181,37 @@ def test_method_pages_have_the_same_sections_in_order(page):
     assert [s for s in sections if s in METHOD_SECTIONS] == METHOD_SECTIONS, page.name
 
 
+def declared_defaults() -> dict[str, list]:
+    """Every parameter name of every stage type and model-folder settings class -> its defaults."""
+    from porover.methods.refusal_tokens.inference import RefusalTokenSettings
+
+    classes = [stage_type(name).params for name in STAGE_TYPES] + [RefusalTokenSettings]
+    result: dict[str, list] = {}
+    for cls in classes:
+        for name, value in vars(cls()).items():
+            result.setdefault(name, []).append(value)
+    return result
+
+
+@pytest.mark.parametrize("page", METHOD_PAGES, ids=lambda p: p.name)
+def test_method_pages_name_only_parameters_that_exist(page):
+    section = re.search(r"^## Parameters\n(.*?)(?=^## |\Z)", page.read_text(), re.S | re.M).group(1)
+    names = re.findall(r"`([a-z][a-z0-9_]*)`", re.sub(r"\]\([^)]*\)", "]", section))
+    known = declared_defaults()
+    assert [name for name in names if name not in known and name != "parameters"] == []
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=lambda p: str(p.relative_to(DOCS)))
+def test_tables_of_defaults_state_the_code_defaults(page):
+    known, problems = declared_defaults(), []
+    for table in re.findall(r"^\| (?:setting|parameter) \| default \|.*?\n((?:\|.*\n)+)", page.read_text(), re.M):
+        for row in table.splitlines()[1:]:
+            name, default = [cell.strip().strip("`") for cell in row.strip("|").split("|")[:2]]
+            if name not in known or not any(literal(default) == value for value in known[name]):
+                problems.append(f"{name}: {default}, the code: {known.get(name, 'no such parameter')}")
+    assert problems == []
+
+
 def test_every_method_folder_has_a_docs_page():
     text = "\n".join(page.read_text() for page in METHOD_PAGES)
     folders = [p.name for p in (ROOT / "porover" / "methods").iterdir() if p.is_dir() and not p.name.startswith("_")]
@@ -221,6 +252,14 @@ def prose_keep_code(markdown: str) -> str:
     return FENCE.sub("", markdown)
 
 
+def literal(text: str):
+    """A value as prose writes it: ``1e-2`` and ``0.03`` are numbers, ``true``/``null`` YAML's, else the text."""
+    try:
+        return float(text) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", text) else yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def default_problems(markdown: str, defaults: dict) -> list[str]:
     """Statements about defaults that the code contradicts, or that name the default judge.
 
@@ -240,7 +279,7 @@ def default_problems(markdown: str, defaults: dict) -> list[str]:
             field, text = match.group("field"), match.group("value")
             if field not in defaults:
                 continue
-            value, default = yaml.safe_load(text), defaults[field]
+            value, default = literal(text), defaults[field]
             same = value == default or (isinstance(value, (int, float)) and isinstance(default, (int, float))
                                         and not isinstance(value, bool) and math.isclose(value, default))
             if not same:
@@ -258,6 +297,7 @@ def test_the_default_check_catches_drift():
     assert default_problems("By default `fitness_lambda` = 0.03 weighs the log-probability.", defaults) == []
     assert default_problems("Sample `k` (default 4) times.", defaults) != []
     assert default_problems("Sample `k: 4` times when you want more.", defaults) == []  # not about the default
+    assert default_problems("By default `fitness_lambda: 3e-2` weighs it.", defaults) == []
 
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
