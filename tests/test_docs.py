@@ -3,6 +3,8 @@ sections, the README's recipe validates, and notebook prose states no default th
 
 import importlib.util
 import math
+import os
+import subprocess
 import re
 import sys
 from pathlib import Path
@@ -115,6 +117,15 @@ def test_every_docs_page_is_reachable_from_the_index():
     linked = {(DOCS / target.split("#")[0]).resolve() for target in LINK.findall(prose((DOCS / "index.md").read_text()))}
     linked |= {(ROOT / target.split("#")[0]).resolve() for target in LINK.findall(prose((ROOT / "README.md").read_text()))}
     assert [p.relative_to(ROOT) for p in DOCS.rglob("*.md") if p.resolve() not in linked and p.name != "index.md"] == []
+
+
+def test_the_docs_build_as_a_static_site_strictly(tmp_path):
+    site = tmp_path / "site"
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
+                             "-d", str(site)], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, "mkdocs (the dev extra; `make venv`) failed:\n" + result.stderr[-3000:]
+    assert (site / "methods" / "dro" / "index.html").exists() and (site / "demo_results.yaml").exists()
 
 
 # --- demo numbers from one place ------------------------------------------------------------------------------
