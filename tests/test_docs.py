@@ -1,6 +1,7 @@
 """The docs stay true: links and anchors resolve, demo numbers come from one file, method pages share their
 sections, the README's recipe validates, and notebook prose states no default the code does not have."""
 
+import importlib
 import importlib.util
 import math
 import os
@@ -193,10 +194,12 @@ def test_method_pages_have_the_same_sections_in_order(page):
 
 
 def declared_defaults() -> dict[str, list]:
-    """Every parameter name of every stage type and model-folder settings class -> its defaults."""
-    from porover.methods.refusal_tokens.inference import RefusalTokenSettings
-
-    classes = [stage_type(name).params for name in STAGE_TYPES] + [RefusalTokenSettings]
+    """Every parameter name of every stage type and of the settings its model folder takes -> its defaults."""
+    modules = [importlib.import_module(module) for module in STAGE_TYPES.values()]
+    handles = [getattr(module, "MODEL_HANDLE", None) for module in modules]
+    classes = [stage_type(name).params for name in STAGE_TYPES]
+    classes += [handle.SETTINGS for handle in handles if handle is not None and handle.SETTINGS is not None]
+    assert any(cls.__name__ == "RefusalTokenSettings" for cls in classes)
     result: dict[str, list] = {}
     for cls in classes:
         for name, value in vars(cls()).items():
