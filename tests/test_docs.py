@@ -259,11 +259,8 @@ CLAIM = re.compile(r"`(?P<field>\w+)(?:`\s*(?:=|\(default|defaults to)\s*|\s*[:=
 
 
 def sentences(markdown: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.;!?])\s+|\n\s*\n", prose_keep_code(markdown)) if s.strip()]
-
-
-def prose_keep_code(markdown: str) -> str:
-    return FENCE.sub("", markdown)
+    """Sentences (and paragraphs) of Markdown outside code blocks; inline code is kept."""
+    return [s for s in re.split(r"(?<=[.;!?])\s+|\n\s*\n", FENCE.sub("", markdown)) if s.strip()]
 
 
 def literal(text: str):
@@ -328,7 +325,7 @@ def test_notebook_markdown_states_only_the_code_defaults(notebook):
 
 @pytest.mark.parametrize("page", [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))], ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_name_the_code_default_judge(page):
-    text = prose_keep_code(page.read_text())
+    text = FENCE.sub("", page.read_text())
     claims = re.findall(r"`(\w+)` \(default\)", text) + re.findall(r"default (?:refusal )?judge(?: is|,)? `(\w+)`", text)
     assert [name for name in claims if name in JUDGES and name != DEFAULT_JUDGE] == [], \
         f"{page.relative_to(ROOT)} names another default judge than porover.judges.DEFAULT_JUDGE ({DEFAULT_JUDGE})"
