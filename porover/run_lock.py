@@ -60,7 +60,10 @@ def read_holder(run_dir: str | Path) -> dict | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: object) -> bool:
+    """Whether a process with this pid runs on this host (signal 0 checks, sends nothing)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,14 +126,12 @@ class RunLock:
             if holder.get("host") != socket.gethostname():
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
-                raise RunLocked(f"{self.run_dir} has a lock recorded by host {holder.get('host')} ({_holder_text(holder)}), "
-                                f"which this host cannot check. If that run is over, delete {self.path}.")
-            if _alive(holder.get("pid", -1)) and holder.get("pid") != os.getpid():
-                log.warning("run folder %s: pid %s is alive but no longer holds the lock; taking it", self.run_dir,
-                            holder.get("pid"))
-            else:
-                log.warning("run folder %s: taking over the lock left by %s, which is no longer running",
-                            self.run_dir, _holder_text(holder))
+                raise RunLocked(f"{self.run_dir} has a lock recorded by host {holder.get('host')} "
+                                f"({_holder_text(holder)}), which this host cannot check. If that run is over, "
+                                f"delete {self.path}.")
+            # Its holder let go of the flock without removing the file: it died (or its pid is now another's).
+            gone = "which is no longer running" if not _alive(holder.get("pid")) else "which no longer holds it"
+            log.warning("run folder %s: taking over the lock left by %s, %s", self.run_dir, _holder_text(holder), gone)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "token": token,
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)

@@ -1,14 +1,14 @@
 """Spending on priced endpoints: a stage's cap (``max_cost_usd``), counted from the usage each API response reports.
 
 A stage that may call an OpenAI-compatible endpoint (teacher, LLM judges, EvoRefuse's mutator) runs its entry
-functions under its `Budget` (`metered`): a ledger, ``spending.jsonl`` in its folder, one line per answered
-request (model, prompt and completion tokens, USD at the stage's ``prices``). `porover.generation.OpenAIBackend`
-asks the active budget before every request: a request whose worst case (its text at
-`porover.costs.CHARS_PER_TOKEN` characters per token, or at the most input tokens per character an answer has
-reported, plus its whole token budget) would take the stage's spending past the cap is not sent; the requests in flight finish and their rows are stored; then
-`BudgetExceeded` stops the stage and names the parameter to raise. A resumed stage reads its ledger, so it
-counts what it spent before, and its stores, so it asks nothing twice. The ledger counts every run of the
-stage in this run folder (re-runs included): money spent stays spent.
+functions under its `Budget` (`metered`): a ledger, ``spending.jsonl`` in its folder, one line per answered request
+(model, prompt and completion tokens, USD at the stage's ``prices``). `porover.generation.OpenAIBackend` asks the
+active budget before every request: a request whose worst case (its text at `porover.costs.CHARS_PER_TOKEN`
+characters per token, or at the most input tokens per character an answer has reported, plus its whole token budget)
+would take the stage's spending past the cap is not sent; the requests in flight finish and their rows are stored;
+then `BudgetExceeded` stops the stage and names the parameter to raise. A resumed stage reads its ledger, so it
+counts what it spent before, and its stores, so it asks nothing twice. The ledger counts every run of the stage in
+this run folder (re-runs included): money spent stays spent.
 
 Before a run, `cap_errors` compares each cap with the stage's worst-case estimate (`porover.costs`).
 """

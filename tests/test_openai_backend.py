@@ -203,7 +203,8 @@ def test_a_cost_cap_reached_mid_stage_stops_it_with_rows_kept_and_a_raised_cap_r
     kept, ledger = read_jsonl(stage / "completions.jsonl"), read_jsonl(stage / SPENDING_FILE)
     assert 0 < len(kept) < 6 and len(ledger) == len(kept) == len(counting.asked)  # every answer stored
     spent = sum(line["usd"] for line in ledger)
-    print(f"estimate ${estimate:.4f}, cap ${1.2 * estimate:.4f}: stopped after {len(kept)} of 6 requests, ${spent:.4f} spent")
+    print(f"estimate ${estimate:.4f}, cap ${1.2 * estimate:.4f}: stopped after {len(kept)} of 6 requests, "
+          f"${spent:.4f} spent")
     assert spent == pytest.approx(sum(line["prompt_tokens"] for line in ledger) * 10000 / 1e6)
     assert record["spent_usd"] == pytest.approx(spent) and record["estimated_usd"] == pytest.approx(estimate, rel=1e-3)
     assert "endpoint cost (USD)" in printed.out and f"cap ${1.2 * estimate:,.2f}" in printed.out

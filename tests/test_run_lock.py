@@ -54,8 +54,9 @@ def test_a_second_runner_exits_nonzero_naming_the_holder_and_a_dead_holders_lock
 def test_a_lock_recorded_by_another_host_is_never_taken_over(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "gpu-node-17", "command": "porover run paper.yaml",
-                                                 "started": "2025-01-01T00:00:00+00:00", "token": "theirs"}))
+    (run_dir / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "gpu-node-17", "token": "theirs",
+                                                 "command": "porover run paper.yaml",
+                                                 "started": "2025-01-01T00:00:00+00:00"}))
     with pytest.raises(RunLocked, match=r"recorded by host gpu-node-17 .*pid 4242.*porover run paper\.yaml.*delete"):
         RunLock(run_dir).acquire()
     assert read_holder(run_dir)["host"] == "gpu-node-17"  # left as it was

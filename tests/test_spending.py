@@ -31,7 +31,8 @@ stages:
     type: evaluate
     benchmarks: {{xstest: 10}}
     judges: [xstest_llm]
-    judge_settings: {{xstest_llm: {{backend: openai, model: {judge}, base_url: 'http://127.0.0.1:9/v1', api_key_env: ''}}}}
+    judge_settings:
+      xstest_llm: {{backend: openai, model: {judge}, base_url: 'http://127.0.0.1:9/v1', api_key_env: ''}}
     max_cost_usd: 1
 """
 
