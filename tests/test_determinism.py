@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(max_steps=2, save_steps=10, device="cpu", logging_steps=1)
 
 
