@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from porover.runner import run_pipeline
 
+            from porover.spending import spending_lines
+
             manifest = run_pipeline(args.params, stages=args.stages, run_name=args.run_name,
                                     force=args.force, outputs=args.outputs)
+            if lines := spending_lines(manifest):  # shown whether the run finished or stopped at a cap
+                print("\nendpoint cost (USD)\n" + "\n".join(lines))
             failed = [s for s in manifest["stages"].values() if s["status"] == "failed"]
             if failed:
                 return 1
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
             run_params = load_run_params(args.params, environment=False)
             print(f"{args.params}: valid; stages: {', '.join(run_params.stages)}")
+            from porover.runner import estimated_usd
+
+            for stage, usd in estimated_usd(run_params).items():
+                cap = run_params.stages[stage].params.get("max_cost_usd")
+                print(f"  {stage}: worst-case endpoint cost ${usd:,.2f}" + (f" (cap ${cap:,.2f})" if cap is not None
+                                                                             else " (no cap: max_cost_usd)"))
             try:
                 load_run_params(args.params)
             except ValueError as error:  # the file is right; this machine lacks something to run it

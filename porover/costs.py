@@ -17,10 +17,6 @@ from functools import lru_cache
 CHARS_PER_TOKEN = 4.0  # English text in Llama 3's and GPT-4o's tokenizers: about four characters per token
 HUB_PROMPT_TOKENS = 40  # a prompt of a hub set, which is not read here
 JUDGE_OUTPUT_TOKENS = 16  # XSTest's judge budget (porover.judges.llm.STYLES)
-# EvoRefuse's mutation system prompt (the authors' prefix, one strategy, their suffix), mean over the nine strategies
-# in characters; tests/test_rehearsal.py keeps it equal to porover.methods.evorefuse.prompts (not imported here:
-# shared modules name no method).
-MUTATION_SYSTEM_CHARS = 1039
 
 
 @dataclass(frozen=True)
@@ -120,6 +116,7 @@ def estimate_costs(run, throughput: Throughput = Throughput()) -> list[StageCost
     prices = {}
     for stage in run.stages.values():
         p = stage.params
+        prices.update({model: tuple(pair) for model, pair in (p.get("prices") or {}).items()})
         if p.get("price_per_1m_input") is not None or p.get("price_per_1m_output") is not None:
             prices[p.get("teacher")] = (p.get("price_per_1m_input") or 0.0, p.get("price_per_1m_output") or 0.0)
     outputs: dict[str, int] = {}  # stage -> prompts it hands on (evolved prompts, selected rows)
@@ -155,7 +152,10 @@ def estimate_costs(run, throughput: Throughput = Throughput()) -> list[StageCost
             seeds, tokens = prompt_count(p["seeds"], outputs, cost.notes)
             per_seed = p["iterations"] * (p["max_mutation_rounds"] * len(p["strategies"]) + p["n_recombinations"])
             if p["mutator_backend"] == "openai":
-                template = MUTATION_SYSTEM_CHARS / CHARS_PER_TOKEN
+                from porover.methods.evorefuse.prompts import STRATEGIES, mutation_system
+
+                # the system prompt: the authors' prefix, one strategy, their suffix (mean over the strategies)
+                template = sum(len(mutation_system(s)) for s in STRATEGIES) / len(STRATEGIES) / CHARS_PER_TOKEN
                 calls = seeds * per_seed * (2 if p["safety_filter"] in ("auto", "llm") else 1)  # rewrite + filter
                 _calls(cost, p["mutator"], calls, calls * (template + tokens / max(seeds, 1)),
                        calls * p["mutator_max_new_tokens"], prices)

@@ -61,6 +61,19 @@ def test_report_folder_is_self_contained(payload_run, tmp_path):
     assert "Training curves" not in index_text  # no training stage in this run
 
 
+def test_report_shows_corrected_rates_and_judge_disagreement_per_stage(payload_run, tmp_path):
+    table = analysis.judge_error_table(analysis.stage_metrics(payload_run))
+    assert list(table.index) == ["base", "dpo"]
+    assert {"safety, corrected", "usefulness, corrected", "judges disagree %"} <= set(table.columns)
+    # the rate the evaluation stored is the rate the table shows
+    stored = analysis.stage_metrics(payload_run)
+    overall = stored[stored["group"] == "overall"].set_index("stage")
+    assert table.loc["base", "judges disagree %"] == overall.loc["base", "judges_disagree"]
+    assert overall["safety_corrected"].notna().any()
+    index_text = build_report([payload_run], tmp_path / "report").read_text()
+    assert "corrected for the judge's measured error" in index_text and "judges disagree %" in index_text
+
+
 def test_several_runs_share_one_tradeoff_figure(payload_run, tmp_path):
     index = build_report([payload_run, payload_run], tmp_path / "two")
     text = index.read_text()
@@ -168,3 +181,19 @@ def test_report_never_deletes_a_folder_that_is_not_a_report(payload_run):
     assert (payload_run / "manifest.json").exists()
     first = build_report([payload_run], out=payload_run / "report")
     assert build_report([payload_run], out=payload_run / "report") == first  # an earlier report is replaced
+
+
+def test_report_shows_each_stages_spent_and_estimated_endpoint_cost(payload_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "payloads"
+    shutil.copytree(payload_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["base"].update(spent_usd=0.8123, estimated_usd=0.89)
+    manifest.setdefault("params", {})["base"] = {"max_cost_usd": 1.07}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report([run], tmp_path / "report").read_text()
+    assert "Endpoint cost (USD)" in text
+    assert "<tr><td>base</td><td>0.8123</td><td>0.89</td><td>1.07</td></tr>" in text
+    assert "Endpoint cost" not in build_report([payload_run], tmp_path / "plain").read_text()  # none spent: no table

@@ -129,7 +129,8 @@ def finished_log(params) -> dict | None:
 
 
 def _resume_point(params) -> str | None:
-    """The last checkpoint, if it was written under compatible settings; stale checkpoints are removed."""
+    """The last checkpoint, if it was written under compatible settings; stale checkpoints are removed, and so
+    are incomplete ones (killed while saving: the trainer writes ``trainer_state.json`` into a checkpoint last)."""
     from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -143,8 +144,26 @@ def _resume_point(params) -> str | None:
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(fingerprint, indent=1))
+        for partial in folder.glob("checkpoint-*"):
+            if partial.is_dir() and not (partial / "trainer_state.json").is_file():
+                print(f"removing {partial}: incomplete (the run was killed while saving it)", flush=True)
+                shutil.rmtree(partial)
     state.wait_for_everyone()
     return get_last_checkpoint(str(folder)) if compatible else None
+
+
+def seed_initialisation(params) -> None:
+    """Seed Python, NumPy and torch with the stage's ``seed`` before a stage initialises weights itself.
+
+    Call it before anything random happens outside the trainer: new token rows drawn by
+    ``resize_token_embeddings`` (mean resizing samples them), LoRA matrices made by ``get_peft_model`` before
+    the trainer exists. The trainer seeds only when it is built, and torch seeds each new process from the
+    system's entropy, so an initialisation before it differed from run to run (and drifted the losses from
+    step 2 on). TRL's trainers seed before they wrap a model in PEFT; this covers the stages that do it first.
+    """
+    from transformers import set_seed
+
+    set_seed(params.seed)
 
 
 def lora_config(params):
