@@ -12,8 +12,10 @@ selection, thresholds, data splits, LoRA or full training, the accelerate config
   stay as written (the stand-in's replies are short).
 * vLLM backends -> the transformers backend (no vLLM on a CPU).
 * Hub datasets -> a local file of a few prompts in the same columns (nothing is downloaded).
-* Prompt counts, sample counts, iterations and token budgets -> a few (`Size`); ``min_pairs`` -> 1 (a few
+* Prompt counts, sample counts, iterations and local token budgets -> a few (`Size`); ``min_pairs`` -> 1 (a few
   prompts cannot give the paper's pair counts); ``num_processes`` > 2 -> 2; ``device`` -> cpu.
+* FSDP configs -> ``ddp`` (accelerate runs FSDP on accelerator ranks only); DeepSpeed configs as written where
+  deepspeed is installed (else ``ddp``), their mixed precision listed as fp32 on the CPU.
 
 The rehearsal then runs through the ordinary runner (papermill notebooks, ``accelerate launch`` for the
 training stages) into ``<outputs>/<run_name>-rehearsal/`` and prints what each stage would cost at full scale
@@ -97,7 +99,8 @@ def _cpu_engine(name: str) -> tuple[str, str]:
 
 
 def preflight(run) -> list[str]:
-    """What would fail once a training stage starts, checked now: accelerate's own reading of each launch config."""
+    """What would fail once a training stage starts, checked now: accelerate's own reading of each launch config
+    and the trainer's FSDP rule (`porover.stages.launch.accelerate_config_problems`)."""
     from porover.stages.launch import accelerate_config_problems
 
     return [problem for name, stage in run.stages.items() if "accelerate_config" in stage.params
