@@ -116,8 +116,8 @@ def cached_means(folder: Path, lazy: LazyModel, texts: list[str], positions: int
 def prepared_sets(params, lazy: LazyModel, training: dict[str, dict], held_out: dict[str, dict],
                   keep: dict[str, str], filtered: set[str]) -> tuple[dict[str, list[str]], dict[str, float]]:
     """Rendered prompts of every set (training sets drawn first, held-out ones from what they leave), the sets in
-    ``filtered`` filtered by the model's refusal score (``keep``: refused or answered), and each set's
-    mean refusal score after filtering (the baselines of the score figure)."""
+    ``filtered`` filtered by the model's refusal score (``keep``: refused or answered), and the mean refusal score
+    of each held-out or filtered set after filtering (the baselines of the score figure)."""
     system = params.system_prompt or None
     rows = {key: training_rows(sets, params.seed) for key, sets in training.items()}
     seen = [row for part in rows.values() for row in part]
@@ -125,7 +125,7 @@ def prepared_sets(params, lazy: LazyModel, training: dict[str, dict], held_out: 
     texts = {key: render_prompts(lazy.tokenizer(), [r["prompt"] for r in part], system) for key, part in rows.items()}
     ids = refusal_token_ids(lazy.tokenizer(), params.refusal_tokens)
     means = {}
-    for key in texts:
+    for key in [key for key in texts if key in filtered or key in held_out]:  # a training set unfiltered: no scores
         scores = stored_scores(params.stage_dir / "refusal_scores.jsonl", f"{lazy.digest}|{ids}", texts[key],
                                lambda todo: baseline_scores(lazy.get()[0], lazy.tokenizer(), todo, ids, params.batch_size))
         if key in filtered:
