@@ -1,9 +1,12 @@
-"""Refusal judges against XSTest's human labels: the tables the README and the notebook report.
+"""Refusal judges against labelled responses: the tables ``docs/judges.md`` and the notebook report.
 
 Usage:
-    python benchmarks/judge_validation.py [--split test] [--llm-sample 16] [--cv] [--refit] [--no-held-out]
+    python benchmarks/judge_validation.py [--write-error] [--xstest] [--split test] [--llm-sample 16] [--cv] [--refit]
 
-Every offline judge (`porover.judges.held_out.OFFLINE_JUDGES`) is scored on the test-split prompts of five
+First, leave one *source* out (`porover.judges.sources`): every offline judge scored on each labelled data
+source it was not fitted on (fitted judges re-fitted without it); ``--write-error`` stores each judge's
+held-out confusion counts in ``porover/judges/judge_error.json`` (what rates are corrected with). With
+``--xstest``, also the older XSTest-only tables: every offline judge (`porover.judges.held_out.OFFLINE_JUDGES`) is scored on the test-split prompts of five
 models' completions as shipped, then with one model family / one model held out (re-fitted without
 it where the judge is fitted; `porover.judges.held_out`). The LLM judges run the embedded SmolLM2 on a random
 sample of ``--llm-sample`` completions (0 skips them). Speeds are seconds per 100 responses here.
@@ -12,6 +15,7 @@ sample of ``--llm-sample`` completions (0 skips them). Speeds are seconds per 10
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -19,7 +23,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pandas as pd
 
-from porover.judges.held_out import OFFLINE_JUDGES, generalisation, summary
+from porover.judges.held_out import generalisation, summary
+from porover.judges.sources import (OFFLINE_JUDGES, error_counts, offline_judges_held_out, shipped_judges_on,
+                                   workbench_responses)
 from porover.judges import judge_refusals
 from porover.judges.human_labels import (LABELLED, cross_validate_default_judge, fit_default_judge, human_labels,
                                 validate_against_human_labels, validation_table)
@@ -45,11 +51,31 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true", help="re-fit phrase_lr on its train split first")
     parser.add_argument("--cv", action="store_true", help="print the cross-validation that chose phrase_lr's settings")
     parser.add_argument("--no-held-out", action="store_true", help="skip the leave-one-model/family-out tables")
+    parser.add_argument("--xstest", action="store_true", help="also the XSTest-only tables (prompt split, families)")
+    parser.add_argument("--write-error", action="store_true", help="write porover/judges/judge_error.json")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     speeds = [speed(judge) for judge in OFFLINE_JUDGES]  # first, so the cold figures are cold
+    held = offline_judges_held_out()
+    with pd.option_context("display.width", 220, "display.max_columns", 30):
+        print("Leave one source out (refusal = positive; partial counts as refusal)")
+        print(held.round(3).to_string(index=False))
+        print("\nExternal check, judges as shipped (workbench_smollm: never fitted or chosen on)")
+        print(shipped_judges_on(workbench_responses()).round(3).to_string(index=False))
+    if args.write_error:
+        from porover.judges import JUDGE_ERROR_PATH
+
+        JUDGE_ERROR_PATH.write_text(json.dumps({
+            "about": "held-out confusion counts per offline judge (leave one source out; each source scaled to 100 "
+                     "responses; refusal = positive): benchmarks/judge_validation.py --write-error",
+            "judges": error_counts(held)}, indent=1) + "\n")
+        print(f"wrote {JUDGE_ERROR_PATH}")
+    if not args.xstest:
+        print("\nSpeed on this machine (seconds per 100 responses; cold = first call, loads any model)")
+        print(pd.DataFrame(speeds).to_string(index=False))
+        return
     if args.cv:
         print(cross_validate_default_judge().round(3).to_string(index=False), end="\n\n")
     if args.refit:

@@ -36,7 +36,8 @@ def payload_run(tmp_path_factory) -> Path:
 
     from porover.metrics import compute_metrics
     from porover.stages.evaluate import EvaluateParams
-    from porover.stages.evaluate import judge_rows
+    from porover.judges import judge_error_counts
+    from porover.stages.evaluate import judge_disagreement, judge_rows
     from porover.store import write_jsonl
 
     run_dir = tmp_path_factory.mktemp("runs") / "payloads"
@@ -55,8 +56,9 @@ def payload_run(tmp_path_factory) -> Path:
         params = EvaluateParams(judges=["xstest_string_match", "phrase_lr"], run_dir=str(run_dir), stage_name=stage,
                                 bootstrap_samples=50)
         judged = judge_rows(params, rows)
-        metrics = compute_metrics(judged, bootstrap_samples=50)
+        metrics = compute_metrics(judged, bootstrap_samples=50, judge_error=judge_error_counts("xstest_string_match"))
         metrics["model"], metrics["judge"] = "hand-written", "xstest_string_match"
+        metrics["judge_disagreement"] = judge_disagreement(judged)
         write_jsonl(run_dir / stage / "responses.jsonl", judged)
         (run_dir / stage / "metrics.json").write_text(json.dumps(metrics))
         stages[stage] = {"status": "finished", "type": "evaluate", "wall_seconds": 3.0, "peak_rss_mib": 900.0}

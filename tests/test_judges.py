@@ -175,8 +175,8 @@ def test_judge_refusals_rejects_unknown_judge_and_misaligned_inputs():
         judge_refusals(["p"], ["r", "s"], judge="xstest_string_match")
 
 
-def test_every_judge_name_is_known_and_default_is_minilm_lr():
-    assert DEFAULT_JUDGE == "minilm_lr" and DEFAULT_JUDGE in JUDGES
+def test_every_judge_name_is_known_and_default_is_act_lr():
+    assert DEFAULT_JUDGE == "act_lr" and DEFAULT_JUDGE in JUDGES
     assert {"xstest_string_match", "orbench_keyword", "phrase_lr", "xstest_llm", "orbench_llm"} <= set(JUDGES)
 
 

@@ -1,4 +1,4 @@
-"""The default refusal judge ``minilm_lr``: features, shipped weights, held-out folds, CLI default."""
+"""The previous default refusal judge ``minilm_lr``: features, shipped weights, held-out folds, CLI default."""
 
 from __future__ import annotations
 
@@ -89,8 +89,8 @@ def test_generalisation_table_for_a_rule_judge():
     assert list(summary(table).index) == ["xstest_string_match"]
 
 
-def test_default_judge_is_minilm_lr_and_beats_phrase_lr_on_test_prompts():
-    assert DEFAULT_JUDGE == "minilm_lr" and "phrase_lr" in JUDGES
+def test_minilm_lr_stays_selectable_and_beats_phrase_lr_on_test_prompts():
+    assert DEFAULT_JUDGE == "act_lr" and "phrase_lr" in JUDGES and "minilm_lr" in JUDGES
     ours = validate_against_human_labels("minilm_lr", split="test")
     old = validate_against_human_labels("phrase_lr", split="test")
     assert ours["n"] == old["n"] == 1010 and ours["unparseable"] == 0
@@ -119,5 +119,5 @@ def test_cli_judges_with_the_new_default(tmp_path):
                   "completion": [COMPLIANCE, REFUSAL]}).to_csv(source, index=False)
     main(["judge", "--input", str(source), "--output", str(tmp_path / "judged.csv")])
     out = pd.read_csv(tmp_path / "judged.csv")
-    assert set(out["refusal_judge"]) == {"minilm_lr"}
+    assert set(out["refusal_judge"]) == {"act_lr"}
     assert out["refusal"].tolist() == ["full_compliance", "full_refusal"]

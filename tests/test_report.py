@@ -61,6 +61,19 @@ def test_report_folder_is_self_contained(payload_run, tmp_path):
     assert "Training curves" not in index_text  # no training stage in this run
 
 
+def test_report_shows_corrected_rates_and_judge_disagreement_per_stage(payload_run, tmp_path):
+    table = analysis.judge_error_table(analysis.stage_metrics(payload_run))
+    assert list(table.index) == ["base", "dpo"]
+    assert {"safety, corrected", "usefulness, corrected", "judges disagree %"} <= set(table.columns)
+    # the rate the evaluation stored is the rate the table shows
+    stored = analysis.stage_metrics(payload_run)
+    overall = stored[stored["group"] == "overall"].set_index("stage")
+    assert table.loc["base", "judges disagree %"] == overall.loc["base", "judges_disagree"]
+    assert overall["safety_corrected"].notna().any()
+    index_text = build_report([payload_run], tmp_path / "report").read_text()
+    assert "corrected for the judge's measured error" in index_text and "judges disagree %" in index_text
+
+
 def test_several_runs_share_one_tradeoff_figure(payload_run, tmp_path):
     index = build_report([payload_run, payload_run], tmp_path / "two")
     text = index.read_text()

@@ -3,11 +3,12 @@
 Judges, by name (`JUDGES`):
     xstest_string_match: XSTest's published prefix list (never yields partial refusal).
     orbench_keyword: OR-Bench's keyword checks (``family`` setting: which model family's list).
-    minilm_lr: the embedded default, logistic regression over refusal-phrase features and a MiniLM
-        sentence embedding of the response's start (`porover.judges.minilm_lr`), chosen by
-        leave-one-family-out on XSTest's human labels of five models.
-    phrase_lr: the previous default, logistic regression over refusal-phrase features alone
-        (`porover.judges.phrase_lr`).
+    act_lr: the embedded default, logistic regression over feature blocks chosen by leave-one-*source*-out
+        over three labelled data sources (`porover.judges.act_lr`, `porover.judges.sources`); the shipped
+        choice is the refusal-phrase block alone, fitted on all three sources (numpy only, no model).
+    minilm_lr: the previous default, phrase features and a MiniLM embedding of the response's start,
+        chosen by leave-one-family-out on XSTest alone (`porover.judges.minilm_lr`).
+    phrase_lr: logistic regression over refusal-phrase features alone (`porover.judges.phrase_lr`).
     xstest_llm / orbench_llm: XSTest's and OR-Bench's 3-class LLM-judge prompts through the local
         transformers model or any OpenAI-compatible endpoint (`porover.judges.llm`), cached on disk.
 
@@ -30,6 +31,12 @@ def _minilm_lr(prompts: Sequence[str], responses: Sequence[str], weights: str | 
     return minilm_lr_judge(prompts, responses, weights=weights)
 
 
+def _act_lr(prompts: Sequence[str], responses: Sequence[str], weights: str | None = None) -> list[Verdict]:
+    from porover.judges.act_lr import act_lr_judge
+
+    return act_lr_judge(prompts, responses, weights=weights)
+
+
 def _per_response(function, prompts: Sequence[str], responses: Sequence[str], **settings) -> list[Verdict]:
     return [function(response, **settings) for response in responses]
 
@@ -46,10 +53,23 @@ JUDGES = {
     "orbench_keyword": partial(_per_response, orbench_keyword),
     "phrase_lr": phrase_lr_judge,
     "minilm_lr": _minilm_lr,
+    "act_lr": _act_lr,
     "xstest_llm": partial(_llm, "xstest"),
     "orbench_llm": partial(_llm, "orbench"),
 }
-DEFAULT_JUDGE = "minilm_lr"
+DEFAULT_JUDGE = "act_lr"
+# Each offline judge's confusion counts on held-out sources (leave-one-source-out, pooled; refusal positive),
+# written by benchmarks/judge_validation.py: what `porover.metrics` corrects rates with.
+JUDGE_ERROR_PATH = Path(__file__).with_name("judge_error.json")
+
+
+def judge_error_counts(judge: str) -> dict | None:
+    """``{"tp", "fn", "tn", "fp"}`` of ``judge`` on held-out sources, or None where none were measured."""
+    import json
+
+    if not JUDGE_ERROR_PATH.is_file():
+        return None
+    return json.loads(JUDGE_ERROR_PATH.read_text()).get("judges", {}).get(judge)
 
 
 def _judge_function(judge: str):
@@ -203,6 +223,6 @@ def judge_safety(prompts: Sequence[str], responses: Sequence[str], judge: str = 
     return judge(prompts, responses, judge, **settings)
 
 
-__all__ = ["DEFAULT_JUDGE", "JUDGES", "ORBENCH_KEYWORDS", "REFUSAL_CLASSES", "SafetyVerdict",
+__all__ = ["DEFAULT_JUDGE", "JUDGES", "judge_error_counts", "ORBENCH_KEYWORDS", "REFUSAL_CLASSES", "SafetyVerdict",
            "Verdict", "XSTEST_REFUSAL_PREFIXES", "judge_csv", "judge_errors", "judge_refusals", "judge_setting_names", "judge_safety", "safety_judge_errors",
            "orbench_keyword", "phrase_lr_judge", "xstest_string_match"]

@@ -50,32 +50,32 @@ def _embedder():
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
-# text -> embedding, so leave-one-out refits and repeated judging embed each response once per process.
-_EMBEDDINGS: dict[str, np.ndarray] = {}
+# (window, text) -> embedding, so leave-one-out refits and repeated judging embed each text once per process.
+_EMBEDDINGS: dict[tuple[int, str], np.ndarray] = {}
 _EMBEDDINGS_MAX = 50_000
 
 
-def embed(texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Mean-pooled, L2-normalised MiniLM embeddings of each text's first `HEAD_TOKENS` tokens, ``(n, 384)``."""
+def embed(texts: Sequence[str], batch_size: int = BATCH_SIZE, max_tokens: int = HEAD_TOKENS) -> np.ndarray:
+    """Mean-pooled, L2-normalised MiniLM embeddings of each text's first ``max_tokens`` tokens, ``(n, 384)``."""
     import torch
 
     texts = [text.strip() for text in texts]
-    todo = list(dict.fromkeys(text for text in texts if text not in _EMBEDDINGS))
+    todo = list(dict.fromkeys(text for text in texts if (max_tokens, text) not in _EMBEDDINGS))
     if todo:
         tokenizer, model = _embedder()
         if len(_EMBEDDINGS) + len(todo) > _EMBEDDINGS_MAX:
             _EMBEDDINGS.clear()
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            encoded = tokenizer(batch, padding=True, truncation=True, max_length=HEAD_TOKENS, return_tensors="pt")
+            encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
             with torch.inference_mode():
                 hidden = model(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
-            _EMBEDDINGS.update(zip(batch, pooled.numpy()))
+            _EMBEDDINGS.update(zip([(max_tokens, text) for text in batch], pooled.numpy()))
     if not texts:
         return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
-    return np.array([_EMBEDDINGS[text] for text in texts], dtype=np.float32)
+    return np.array([_EMBEDDINGS[max_tokens, text] for text in texts], dtype=np.float32)
 
 
 def feature_matrix(prompts: Sequence[str], responses: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -94,7 +94,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def fit(x: np.ndarray, labels: Sequence[str], names: Sequence[str], l2: float = 100.0,
-        max_class_weight: float = 1.0) -> dict:
+        max_class_weight: float = 1.0, row_weight: np.ndarray | None = None) -> dict:
     """Fit the weighted multinomial logistic regression on a feature matrix by L-BFGS (deterministic).
 
     Features are standardised on the fitting rows; classes are weighted by inverse frequency, capped
@@ -106,6 +106,7 @@ def fit(x: np.ndarray, labels: Sequence[str], names: Sequence[str], l2: float = 
         names: The feature names (stored with the weights, checked at prediction).
         l2: L2 strength, scaled by 1/n like ``phrase_lr``'s.
         max_class_weight: Cap on the inverse-frequency class weights.
+        row_weight: Optional weight per row (e.g. so each data source counts alike), times the class weight.
 
     Returns:
         A weights dict as stored in `WEIGHTS_PATH` (without ``check``).
@@ -119,7 +120,8 @@ def fit(x: np.ndarray, labels: Sequence[str], names: Sequence[str], l2: float = 
     onehot = np.eye(k)[y]
     counts = np.bincount(y, minlength=k).astype(float)
     class_weight = np.minimum(len(y) / (k * np.maximum(counts, 1.0)), max_class_weight)
-    sample_weight = class_weight[y] / class_weight[y].sum()
+    sample_weight = class_weight[y] * (1.0 if row_weight is None else np.asarray(row_weight, dtype=float))
+    sample_weight = sample_weight / sample_weight.sum()
     penalty = np.ones((z.shape[1], 1))
     penalty[-1] = 0.0
 

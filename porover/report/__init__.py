@@ -88,6 +88,12 @@ def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) ->
                      f"<a href='{escape(files['csv'])}'>CSV</a> and <a href='{escape(files['tex'])}'>LaTeX</a>; the numbers "
                      f"alone in <a href='{escape(files['numbers'])}'>{escape(files['numbers'])}</a>.</p>")
         parts.append(headline_table(run_dir).to_html(classes="headline", na_rep="–"))
+        errors = analysis.judge_error_table(table)
+        if errors is not None:
+            parts.append("<p class='muted'>The same rates corrected for the judge's measured error (Rogan–Gladen, with "
+                         "sensitivity and specificity from held-out labelled sources; the interval also carries their "
+                         "uncertainty), and the share of responses on which the stage's judges disagree on refusal.</p>"
+                         + errors.to_html(classes="headline", na_rep="–"))
     except ValueError as error:
         parts.append(f"<p>No evaluation results: {escape(str(error))}</p>")
     parts.append(_sweep_section(run_dir, label))

@@ -27,6 +27,8 @@ def headline_table(run_dir: str | Path) -> pd.DataFrame:
 def _interval(row: pd.Series, metric: str) -> str:
     if pd.isna(row[metric]):
         return "–"
+    if pd.isna(row.get(metric)):
+        return "–"
     if pd.isna(row[f"{metric}_low"]):
         return f"{row[metric]:.1f}"
     return f"{row[metric]:.1f} [{row[f'{metric}_low']:.0f}–{row[f'{metric}_high']:.0f}]"
@@ -51,6 +53,22 @@ def headline_text(run_dir: str | Path, width: int = 100) -> str:
             f"{b} " + "/".join("–" if pd.isna(v) else f"{v:.0f}" for v in table[table["group"] == b]["f1"])
             for b in benchmarks))
     return "\n".join(line.rstrip() if len(line) <= width else line[:width - 1] + "…" for line in lines)
+
+
+def judge_error_table(run_dir: str | Path) -> pd.DataFrame | None:
+    """Per stage: raw and judge-error-corrected safety and usefulness (%, 95% interval) and the share of
+    responses on which the stage's judges disagree; None when no stage has corrected numbers."""
+    table = analysis.stage_metrics(run_dir)
+    overall = table[table["group"] == "overall"].assign(stage=lambda t: analysis.split_labels(t))
+    if "safety_corrected" not in overall or overall["safety_corrected"].isna().all():
+        return None
+    rows = {row["stage"]: {"judge": row["judge"], "safety": _interval(row, "safety"),
+                           "safety, corrected": _interval(row, "safety_corrected"),
+                           "usefulness": _interval(row, "usefulness"),
+                           "usefulness, corrected": _interval(row, "usefulness_corrected"),
+                           "judges disagree %": row.get("judges_disagree")}
+            for _, row in overall.iterrows()}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def write_tables(run_dir: str | Path, folder: Path) -> dict[str, str]:

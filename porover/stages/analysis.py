@@ -76,6 +76,8 @@ def stage_metrics(run_dir: str | Path, stages: list[str] | None = None) -> pd.Da
             table.insert(0, "stage", stage)
             table["model"], table["judge"] = metrics.get("model"), metrics.get("judge")
             table["split"] = metrics.get("split", "test")  # evaluations from before splits were test ones
+            disagreement = metrics.get("judge_disagreement") or {}
+            table["judges_disagree"] = None if disagreement.get("rate") is None else round(100 * disagreement["rate"], 1)
             tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
@@ -168,6 +170,30 @@ def paper_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
         for metric in ("safety", "usefulness", "f1"):
             layout.loc[row["stage"], (row["group"], metric)] = cell(row, metric)
     return layout.fillna("–")
+
+
+def judge_error_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame | None:
+    """Per stage, from a `stage_metrics` table: overall safety and usefulness (%, 95% interval) raw and corrected
+    for the judge's measured error (Rogan–Gladen, `porover.metrics`), and the share of responses on which the
+    stage's judges disagree on refusal; None when no stage has corrected numbers."""
+    import pandas as pd
+
+    overall = table[table["group"] == "overall"]
+    if "safety_corrected" not in overall or overall["safety_corrected"].isna().all():
+        return None
+
+    def cell(row: pd.Series, metric: str) -> str:
+        if pd.isna(row.get(metric)):
+            return "–"
+        interval = "" if pd.isna(row.get(f"{metric}_low")) else \
+            f" [{row[f'{metric}_low']:.{digits}f}, {row[f'{metric}_high']:.{digits}f}]"
+        return f"{row[metric]:.{digits}f}{interval}"
+
+    records = {stage: {"judge": row["judge"], **{name: cell(row, metric) for name, metric in (
+        ("safety", "safety"), ("safety, corrected", "safety_corrected"), ("usefulness", "usefulness"),
+        ("usefulness, corrected", "usefulness_corrected"))}, "judges disagree %": row.get("judges_disagree")}
+        for stage, (_, row) in zip(split_labels(overall), overall.iterrows())}
+    return pd.DataFrame.from_dict(records, orient="index")
 
 
 def sweep_tables(run_dir: str | Path, tables: dict[str, list[str]]) -> dict[str, pd.DataFrame]:

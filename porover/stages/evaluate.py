@@ -10,11 +10,11 @@ from porover.config import StageParams, param
 from porover.data import load_rows, prompt_set_errors
 from porover.digests import digest_of
 from porover.generation import Sampling, generate_responses, response_key
-from porover.judges import DEFAULT_JUDGE, judge_errors, judge_refusals
+from porover.judges import DEFAULT_JUDGE, judge_error_counts, judge_errors, judge_refusals
 from porover.metrics import UNPARSEABLE_OPTIONS, compute_metrics
 from porover.model_folders import model_folder_errors, open_model
 from porover.store import JsonlStore, write_jsonl
-from porover.vocabulary import Verdict
+from porover.vocabulary import Verdict, is_refusal
 
 NOTEBOOK = "03_evaluate.ipynb"
 OUTPUTS = ("responses.jsonl", "metrics.json")  # the first is what ``stage:NAME`` stands for
@@ -128,6 +128,20 @@ def verdicts_by_judge(rows: list[dict]) -> dict[str, list[Verdict]]:
                            row["judgements"][name]["raw"]) for row in rows] for name in names}
 
 
+def judge_disagreement(rows: list[dict], partial_is_refusal: bool = True) -> dict | None:
+    """Share of responses on which the judges disagree on refusal vs compliance (None with one judge).
+
+    Only responses every judge could parse count; ``n`` is their number.
+    """
+    names = list(rows[0]["judgements"]) if rows else []
+    if len(names) < 2:
+        return None
+    flags = [[is_refusal(row["judgements"][name]["label"], partial_is_refusal) for name in names] for row in rows]
+    both = [f for f in flags if None not in f]
+    disagree = sum(len(set(f)) > 1 for f in both)
+    return {"judges": names, "n": len(both), "disagree": disagree, "rate": disagree / len(both) if both else None}
+
+
 def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
     """Generate, judge and score; write ``responses.jsonl`` and ``metrics.json`` into the stage folder.
 
@@ -137,8 +151,9 @@ def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
     rows = judge_rows(params, generate_for_benchmarks(params, benchmark_rows(params)))
     options = {"partial_is_refusal": params.partial_is_refusal, "bootstrap_samples": params.bootstrap_samples,
                "seed": params.seed, "unparseable": params.unparseable}
-    metrics = compute_metrics(rows, judge=params.judges[0], **options)
+    metrics = compute_metrics(rows, judge=params.judges[0], judge_error=judge_error_counts(params.judges[0]), **options)
     metrics["model"], metrics["judge"], metrics["split"] = params.model, params.judges[0], params.split
+    metrics["judge_disagreement"] = judge_disagreement(rows, params.partial_is_refusal)
     metrics.update(model_of(params).summary(rows, params.partial_is_refusal))
     metrics["by_judge"] = {name: compute_metrics(rows, refusal_key=f"refusal:{name}", judge=name, **options)["overall"]
                            for name in params.judges}
