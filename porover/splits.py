@@ -112,7 +112,10 @@ def split_errors(stages: dict[str, tuple[str, dict]], path: str, roles: dict[str
         held = {normalise(r["prompt"]) for r in rows_of(_sets(params[held_key]), params["seed"])} if held_key else set()
         for key, allowed in [(key, ("test", "validation")) for key in role.get("train", ())] + \
                             [(key, ("test",)) for key in role.get("validation", ())]:
-            mine = {normalise(r["prompt"]): r for r in rows_of(_sets(params[key]), params["seed"])}
+            sets = _sets(params[key])
+            if key in role.get("validation", ()):  # drawn from what the stage's training sets leave: any could be
+                sets = dict.fromkeys(sets)
+            mine = {normalise(r["prompt"]): r for r in rows_of(sets, params["seed"])}
             for other, (split, prompts) in evaluations.items():
                 shared = [mine[p] for p in mine if p in prompts and p not in held]
                 if split not in allowed or not shared:

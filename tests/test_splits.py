@@ -60,8 +60,10 @@ def test_direction_stages_read_and_choose_only_on_prompts_no_test_stage_uses(tmp
     message = str(error.value)
     assert ("stages.refusal_direction.harmful: 41 training prompt(s) are also validation prompts of stage "
             "'evaluate_val'") in message
-    assert "stages.refusal_direction.harmful_val: 5 validation prompt(s) are also test prompts of stage 'evaluate'" in message
-    assert "stages.refusal_direction.validation: 10 validation prompt(s) are also test prompts" in message
+    # held-out sets are drawn from what the training sets leave: every prompt of the set counts
+    assert "stages.refusal_direction.harmful_val: 159 validation prompt(s) are also test prompts of stage 'evaluate'" \
+        in message
+    assert "stages.refusal_direction.validation: 627 validation prompt(s) are also test prompts" in message
     assert "stages.false_refusal.pseudo_harmful: 10 training prompt(s) are also test prompts" in message
     assert message.count("stages.") == 4  # choosing on validation prompts a validation stage also uses is fine
     fixed = {**direction, "harmful": {"advbench": 8}, "harmful_val": {"harmbench:val": 5},

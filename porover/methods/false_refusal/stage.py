@@ -29,7 +29,7 @@ from porover.methods.refusal_direction.curve import best_point, curve_point, poi
 from porover.methods.refusal_direction.directions import candidate_directions, instruction_tail, refusal_token_ids
 from porover.methods.refusal_direction.selection import Criteria, choose, score_candidates, scored_layers
 from porover.methods.refusal_direction.steering import DTYPES, save_model
-from porover.methods.refusal_direction.workflow import LazyModel, array_digest, cached_means, held_out_rows, prepared_sets
+from porover.methods.refusal_direction.workflow import LazyModel, array_digest, cached_means, prepared_sets
 from porover.models import model_errors
 from porover.store import JsonlStore, write_jsonl
 
@@ -37,6 +37,7 @@ NOTEBOOK = "13_false_refusal.ipynb"
 OUTPUTS = ("model", "vectors.json", "scores.jsonl", "sweep.csv")  # the first is what ``stage:NAME`` stands for
 TRAINING_SETS = ("pseudo_harmful", "harmful", "harmless")  # prompts the vectors are read from (`porover.splits`)
 VALIDATION_SETS = ("pseudo_harmful_val", "harmless_val", "validation")  # prompts they are chosen and traced on
+HELD_OUT_SETS = "exclude"  # prompts that enter none of the sets above
 
 
 @dataclass
@@ -73,6 +74,9 @@ class FalseRefusalParams(StageParams):
                                       "selection_coefficient)")
     reselect: bool = param(False, "choose the direction again at every λ, as the authors' demo notebook does (one "
                            "selection per λ) instead of keeping the position and layer chosen at selection_coefficient")
+    exclude: dict[str, int | None] = param({}, "prompt sets held out: their prompts (normalised text) enter none "
+                                           "of this stage's sets (e.g. the test benchmarks, when a set is a superset "
+                                           "of them)", input=True)
     validation: dict[str, int | None] = param({"or_bench_hard:val": 20, "harmbench:val": 20}, "validation prompts of "
                                               "the λ curve: safe ones give usefulness, unsafe ones safety", input=True)
     judge: str = param(DEFAULT_JUDGE, "refusal judge of the validation curve")
@@ -89,7 +93,7 @@ class FalseRefusalParams(StageParams):
 
     def problems(self, where: str) -> list[str]:
         errors = model_errors(self.model, f"{where}.model")
-        for key in (*TRAINING_SETS, *VALIDATION_SETS):
+        for key in (*TRAINING_SETS, *VALIDATION_SETS, HELD_OUT_SETS):
             errors += prompt_set_errors(getattr(self, key), f"{where}.{key}")
         errors += judge_errors(self.judge, self.judge_settings, f"{where}.judge")
         if not self.coefficients:
@@ -118,7 +122,7 @@ def run_false_refusal(params: FalseRefusalParams, on_candidate=None) -> dict:
     filtered = ({"harmful", "harmless"} if params.filter_train else set()) | (
         {"pseudo_harmful"} if params.filter_pseudo_harmful else set()) | (
         {"pseudo_harmful_val", "harmless_val"} if params.filter_val else set())
-    texts, baselines = prepared_sets(params, lazy, {k: getattr(params, k) for k in TRAINING_SETS},
+    texts, baselines, validation = prepared_sets(params, lazy, {k: getattr(params, k) for k in TRAINING_SETS},
                                      {k: getattr(params, k) for k in ("pseudo_harmful_val", "harmless_val")}, keep,
                                      filtered)
     tail = instruction_tail(lazy.tokenizer(), params.system_prompt or None)
@@ -146,7 +150,6 @@ def run_false_refusal(params: FalseRefusalParams, on_candidate=None) -> dict:
     timings["selection_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    validation = held_out_rows(params.validation, [], params.seed)
     sampling = Sampling(max_new_tokens=params.max_new_tokens, system_prompt=params.system_prompt or None)
     points, directions, judged = [], {}, {}
     for coefficient in params.coefficients:

@@ -26,8 +26,7 @@ from porover.methods.refusal_direction.curve import best_point, curve_point, poi
 from porover.methods.refusal_direction.directions import candidate_directions, instruction_tail, refusal_token_ids
 from porover.methods.refusal_direction.selection import Criteria, choose, score_candidates, scored_layers
 from porover.methods.refusal_direction.steering import DTYPES, DirectionSpec, RefusalDirectionModel, save_direction_folder
-from porover.methods.refusal_direction.workflow import (LazyModel, array_digest, cached_means, held_out_rows,
-                                                        prepared_sets)
+from porover.methods.refusal_direction.workflow import LazyModel, array_digest, cached_means, prepared_sets
 from porover.models import model_errors
 from porover.store import JsonlStore, write_jsonl
 
@@ -36,6 +35,7 @@ OUTPUTS = ("model", "direction.json", "scores.jsonl", "sweep.csv")  # the first 
 MODEL_HANDLE = RefusalDirectionModel  # model/ opens as the ablated weights or as activation addition
 TRAINING_SETS = ("harmful", "harmless")  # prompts the direction is read from (`porover.splits`)
 VALIDATION_SETS = ("harmful_val", "harmless_val", "validation")  # prompts it is chosen and its coefficient traced on
+HELD_OUT_SETS = "exclude"  # prompts that enter none of the sets above
 
 
 @dataclass
@@ -66,6 +66,9 @@ class RefusalDirectionParams(StageParams):
                                            "score below this (null = no filter)")
     prune_layer_percentage: float | None = param(0.2, "drop candidates from the last this share of the layers",
                                                  ge=0, lt=1)
+    exclude: dict[str, int | None] = param({}, "prompt sets held out: their prompts (normalised text) enter none "
+                                           "of this stage's sets (e.g. the test benchmarks, when a set is a superset "
+                                           "of them)", input=True)
     validation: dict[str, int | None] = param({"or_bench_hard:val": 20, "harmbench:val": 20}, "validation prompts of "
                                               "the coefficient curve: safe ones give usefulness, unsafe ones safety",
                                               input=True)
@@ -87,7 +90,7 @@ class RefusalDirectionParams(StageParams):
 
     def problems(self, where: str) -> list[str]:
         errors = model_errors(self.model, f"{where}.model")
-        for key in (*TRAINING_SETS, *VALIDATION_SETS):
+        for key in (*TRAINING_SETS, *VALIDATION_SETS, HELD_OUT_SETS):
             errors += prompt_set_errors(getattr(self, key), f"{where}.{key}")
         errors += judge_errors(self.judge, self.judge_settings, f"{where}.judge")
         if not self.coefficients:
@@ -117,7 +120,7 @@ def run_refusal_direction(params: RefusalDirectionParams, on_candidate=None) -> 
     keep = {"harmful": "refused", "harmless": "answered", "harmful_val": "refused", "harmless_val": "answered"}
     filtered = ({"harmful", "harmless"} if params.filter_train else set()) | (
         {"harmful_val", "harmless_val"} if params.filter_val else set())
-    texts, baselines = prepared_sets(params, lazy, {k: getattr(params, k) for k in TRAINING_SETS},
+    texts, baselines, validation = prepared_sets(params, lazy, {k: getattr(params, k) for k in TRAINING_SETS},
                                      {k: getattr(params, k) for k in ("harmful_val", "harmless_val")}, keep, filtered)
     tail = instruction_tail(lazy.tokenizer(), params.system_prompt or None)
     positions = min(params.positions or len(tail), len(tail))
@@ -138,7 +141,6 @@ def run_refusal_direction(params: RefusalDirectionParams, on_candidate=None) -> 
 
     clock = time.perf_counter()
     vector = torch.from_numpy(candidates[chosen["position"] + positions, chosen["layer"]]).float()
-    validation = held_out_rows(params.validation, [], params.seed)
     sampling = Sampling(max_new_tokens=params.max_new_tokens, system_prompt=params.system_prompt or None)
     base = {"model": lazy.digest, "vector": array_digest(vector.numpy()), "layer": chosen["layer"]}
     points, judged = [], {}

@@ -71,9 +71,11 @@ def held_out_rows(sets: dict[str, int | None], exclude: list[dict], seed: int) -
     return rows
 
 
-def training_rows(sets: dict[str, int | None], seed: int) -> list[dict]:
-    """Rows of training sets (`porover.splits.load_sets`: subsampled by ``seed``, no duplicates)."""
-    return load_sets(sets, seed)
+def training_rows(sets: dict[str, int | None], exclude: list[dict], seed: int) -> list[dict]:
+    """Rows of training sets as the run-file check draws them (`porover.splits.load_sets`: subsampled by ``seed``,
+    no duplicates), less the prompts of ``exclude`` (normalised text)."""
+    taken = {normalise(row["prompt"]) for row in exclude}
+    return [row for row in load_sets(sets, seed) if normalise(row["prompt"]) not in taken]
 
 
 def refusal_filter(rows: list[dict], scores: list[float], keep: str, where: str, minimum: int = 2) -> list[dict]:
@@ -114,14 +116,21 @@ def cached_means(folder: Path, lazy: LazyModel, texts: list[str], positions: int
 
 
 def prepared_sets(params, lazy: LazyModel, training: dict[str, dict], held_out: dict[str, dict],
-                  keep: dict[str, str], filtered: set[str]) -> tuple[dict[str, list[str]], dict[str, float]]:
-    """Rendered prompts of every set (training sets drawn first, held-out ones from what they leave), the sets in
-    ``filtered`` filtered by the model's refusal score (``keep``: refused or answered), and the mean refusal score
-    of each held-out or filtered set after filtering (the baselines of the score figure)."""
+                  keep: dict[str, str], filtered: set[str]) -> tuple[dict[str, list[str]], dict[str, float], list[dict]]:
+    """The prompts of a direction stage: training sets drawn first (less ``params.exclude``), held-out sets and the
+    validation rows (``params.validation``) from what they leave.
+
+    Returns:
+        ``(rendered prompts per set, mean refusal score per held-out or filtered set, validation rows)``: the sets
+        in ``filtered`` keep only the prompts the model refuses or answers (``keep``), scored before any
+        intervention; their means are the baselines of the score figure.
+    """
     system = params.system_prompt or None
-    rows = {key: training_rows(sets, params.seed) for key, sets in training.items()}
-    seen = [row for part in rows.values() for row in part]
+    excluded = load_sets(params.exclude, params.seed)
+    rows = {key: training_rows(sets, excluded, params.seed) for key, sets in training.items()}
+    seen = excluded + [row for part in rows.values() for row in part]
     rows.update({key: held_out_rows(sets, seen, params.seed) for key, sets in held_out.items()})
+    validation = held_out_rows(params.validation, seen, params.seed)
     texts = {key: render_prompts(lazy.tokenizer(), [r["prompt"] for r in part], system) for key, part in rows.items()}
     ids = refusal_token_ids(lazy.tokenizer(), params.refusal_tokens)
     means = {}
@@ -133,7 +142,7 @@ def prepared_sets(params, lazy: LazyModel, training: dict[str, dict], held_out: 
                                   f"{params.stage_name}.{key}")
             texts[key], scores = [row["text"] for row in kept], [row["score"] for row in kept]
         means[key] = float(np.mean(scores)) if scores else float("nan")
-    return texts, means
+    return texts, means, validation
 
 
 def array_digest(array: np.ndarray) -> str:
