@@ -3,8 +3,9 @@ read off a model.
 
 Prompts are rendered through the chat template with the generation prompt (the model's state just before it
 answers), batched with LEFT padding so position -1 is every row's real last token, and given position ids
-counted from each row's first real token, so a padded row's states equal its un-padded forward pass. `last_token_states` reads the last position;
-`tail_states` the last few (the chat template's tokens after the instruction, where the refusal direction is read).
+counted from each row's first real token, so a padded row's states equal its un-padded forward pass.
+`last_token_states` reads the last position; `tail_states` the last few (the chat template's tokens after the
+instruction, where the refusal direction is read).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ class FalseRefusalParams(StageParams):
 
     model: str = param("smollm2-135m-instruct", "model to edit: embedded name, hub id or folder", input=True)
     pseudo_harmful: dict[str, int | None] = param({"or_bench_hard:train": 32}, "pseudo-harmful training prompts the "
-                                                  "model over-refuses (the authors: OR-Bench-Hard train, 128)", input=True)
+                                                  "model over-refuses (the authors: OR-Bench-Hard train, 128)",
+                                                  input=True)
     harmful: dict[str, int | None] = param({"advbench": 32}, "harmful training prompts: the true refusal vector",
                                            input=True)
     harmless: dict[str, int | None] = param({"alpaca": 32}, "harmless training prompts", input=True)
@@ -70,10 +71,11 @@ class FalseRefusalParams(StageParams):
     selection_coefficient: float = param(1.0, "λ of the candidates the direction is chosen among (the authors' "
                                          "ortho_lambda: 1.0)")
     coefficients: list[float] = param([0.6, 0.8, 1.0], "partial-orthogonalization coefficients λ traced on "
-                                      "validation (1 = orthogonal to the refusal vector); the best F1 is saved (ties: the λ nearest "
-                                      "selection_coefficient)")
+                                      "validation (1 = orthogonal to the refusal vector); the best F1 is saved (ties: "
+                                      "the λ nearest selection_coefficient)")
     reselect: bool = param(False, "choose the direction again at every λ, as the authors' demo notebook does (one "
-                           "selection per λ) instead of keeping the position and layer chosen at selection_coefficient")
+                           "selection per λ), instead of keeping the position and layer chosen at "
+                           "selection_coefficient")
     exclude: dict[str, int | None] = param({}, "prompt sets held out: their prompts (normalised text) enter none "
                                            "of this stage's sets (e.g. the test benchmarks, when a set is a superset "
                                            "of them)", input=True)
@@ -134,13 +136,15 @@ def run_false_refusal(params: FalseRefusalParams, on_candidate=None) -> dict:
 
     clock = time.perf_counter()
     n_layers, ids = refusal.shape[1], refusal_token_ids(lazy.tokenizer(), params.refusal_tokens)
-    layers = [layer for layer in scored_layers(n_layers, params.layers, params.prune_layer_percentage) if layer < n_layers]
+    layers = [layer for layer in scored_layers(n_layers, params.layers, params.prune_layer_percentage)
+              if layer < n_layers]
     criteria = Criteria(params.kl_threshold, None, params.prune_layer_percentage)
     store = JsonlStore(out / "scores.jsonl", key=lambda row: (row["key"], row["position"], row["layer"]))
 
     def select(coefficient: float) -> tuple[list[dict], dict]:
         candidates = partially_orthogonalized(false_refusal, refusal, coefficient)
-        key = digest_of([lazy.digest, array_digest(candidates), texts["pseudo_harmful_val"], texts["harmless_val"], ids])
+        key = digest_of([lazy.digest, array_digest(candidates), texts["pseudo_harmful_val"], texts["harmless_val"],
+                         ids])
         rows = score_candidates(lambda: lazy.get()[0], lazy.tokenizer(), candidates, texts["pseudo_harmful_val"],
                                 texts["harmless_val"], ids, layers, store, key, induce=False,
                                 batch_size=params.batch_size, on_candidate=on_candidate)
@@ -155,12 +159,15 @@ def run_false_refusal(params: FalseRefusalParams, on_candidate=None) -> dict:
     for coefficient in params.coefficients:
         at = select(coefficient)[1] if params.reselect else chosen
         index = (at["position"] + positions, at["layer"])
-        direction = torch.from_numpy(partially_orthogonalized(false_refusal[index], refusal[index], coefficient)).float()
+        direction = torch.from_numpy(
+            partially_orthogonalized(false_refusal[index], refusal[index], coefficient)).float()
         directions[coefficient] = (at, direction)
         description = {"model": lazy.digest, "kind": "ablation", "direction": array_digest(direction.numpy()),
                        "keep_unembedding": params.keep_unembedding}
         judged[coefficient], overall = curve_point(
-            lazy.get, validation, lambda model, d=direction: orthogonalized(model, d, keep_unembedding=params.keep_unembedding), description, out / "curve",
+            lazy.get, validation,
+            lambda model, d=direction: orthogonalized(model, d, keep_unembedding=params.keep_unembedding),
+            description, out / "curve",
             sampling, params.judge, params.judge_settings, params.batch_size,
             desc=f"{params.stage_name}: λ {coefficient:g}")
         points.append({**point_row(coefficient, overall, "partial_orthogonalization"), "layer": at["layer"],
@@ -181,7 +188,8 @@ def run_false_refusal(params: FalseRefusalParams, on_candidate=None) -> dict:
         "baselines": {"bypass": baselines["pseudo_harmful_val"]}, "mean_refusal_scores": baselines,
         "prompts": {k: len(v) for k, v in texts.items()}, "n_validation": len(validation), "judge": params.judge,
         "coefficients": points, "candidates": rows,
-        "folder_key": digest_of([array_digest(direction.numpy()), lazy.digest, params.save_dtype, params.keep_unembedding]),
+        "folder_key": digest_of([array_digest(direction.numpy()), lazy.digest, params.save_dtype,
+                                 params.keep_unembedding]),
     }
     summary_path = out / "vectors.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

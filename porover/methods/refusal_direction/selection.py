@@ -37,7 +37,8 @@ class Criteria:
         values = [row["bypass"], row["kl"]] + ([row["induce"]] if row.get("induce") is not None else [])
         if any(math.isnan(v) for v in values):
             return False
-        if self.prune_layer_percentage is not None and row["layer"] >= int(n_layers * (1 - self.prune_layer_percentage)):
+        cut = None if self.prune_layer_percentage is None else int(n_layers * (1 - self.prune_layer_percentage))
+        if cut is not None and row["layer"] >= cut:
             return False
         if self.kl_threshold is not None and row["kl"] > self.kl_threshold:
             return False
@@ -92,8 +93,10 @@ def score_candidates(model, tokenizer, candidates: np.ndarray, first: Sequence[s
                 base = list(last_logits(model, tokenizer, harmless, batch_size))
             vector = torch.from_numpy(candidates[offset, layer]).float()
             with hooks(*ablation_hooks(model, vector)):
-                bypass = [refusal_scores(logits, refusal_ids) for logits in last_logits(model, tokenizer, first, batch_size)]
-                kl = [kl_divergence(b, logits) for b, logits in zip(base, last_logits(model, tokenizer, harmless, batch_size))]
+                bypass = [refusal_scores(logits, refusal_ids)
+                          for logits in last_logits(model, tokenizer, first, batch_size)]
+                kl = [kl_divergence(b, logits)
+                      for b, logits in zip(base, last_logits(model, tokenizer, harmless, batch_size))]
             induced = None
             if induce:
                 with hooks(*addition_hooks(model, vector, layer, 1.0)):
@@ -117,8 +120,9 @@ def choose(rows: list[dict], criteria: Criteria, n_layers: int) -> dict:
     kept = [row for row in rows if criteria.kept(row, n_layers)]
     if not kept:
         raise ValueError(f"all {len(rows)} candidate directions were filtered out (kl_threshold "
-                         f"{criteria.kl_threshold}, induce_threshold {criteria.induce_threshold}, prune_layer_percentage "
-                         f"{criteria.prune_layer_percentage}); loosen a filter or score more layers")
+                         f"{criteria.kl_threshold}, induce_threshold {criteria.induce_threshold}, "
+                         f"prune_layer_percentage {criteria.prune_layer_percentage}); loosen a filter or score more "
+                         "layers")
     return min(kept, key=lambda row: row["bypass"])
 
 

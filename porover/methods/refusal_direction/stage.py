@@ -25,7 +25,8 @@ from porover.judges import DEFAULT_JUDGE, judge_errors
 from porover.methods.refusal_direction.curve import best_point, curve_point, point_row, write_curve
 from porover.methods.refusal_direction.directions import candidate_directions, instruction_tail, refusal_token_ids
 from porover.methods.refusal_direction.selection import Criteria, choose, score_candidates, scored_layers
-from porover.methods.refusal_direction.steering import DTYPES, DirectionSpec, RefusalDirectionModel, save_direction_folder
+from porover.methods.refusal_direction.steering import (DTYPES, DirectionSpec, RefusalDirectionModel,
+                                                        save_direction_folder)
 from porover.methods.refusal_direction.workflow import LazyModel, array_digest, cached_means, prepared_sets
 from porover.models import model_errors
 from porover.store import JsonlStore, write_jsonl
@@ -130,7 +131,8 @@ def run_refusal_direction(params: RefusalDirectionParams, on_candidate=None) -> 
 
     clock = time.perf_counter()
     n_layers, ids = candidates.shape[1], refusal_token_ids(lazy.tokenizer(), params.refusal_tokens)
-    layers = [layer for layer in scored_layers(n_layers, params.layers, params.prune_layer_percentage) if layer < n_layers]
+    layers = [layer for layer in scored_layers(n_layers, params.layers, params.prune_layer_percentage)
+              if layer < n_layers]
     key = digest_of([lazy.digest, array_digest(candidates), texts["harmful_val"], texts["harmless_val"], ids])
     store = JsonlStore(out / "scores.jsonl", key=lambda row: (row["key"], row["position"], row["layer"]))
     rows = score_candidates(lambda: lazy.get()[0], lazy.tokenizer(), candidates, texts["harmful_val"],
@@ -147,8 +149,9 @@ def run_refusal_direction(params: RefusalDirectionParams, on_candidate=None) -> 
     for coefficient in params.coefficients:
         description = {**base, "kind": "addition", "coefficient": coefficient}
         judged[coefficient], overall = curve_point(
-            lazy.get, validation, lambda model, c=coefficient: hooks(*addition_hooks(model, vector, chosen["layer"], c)),
-            description, out / "curve", sampling, params.judge, params.judge_settings, params.batch_size,
+            lazy.get, validation,
+            lambda model, c=coefficient: hooks(*addition_hooks(model, vector, chosen["layer"], c)), description,
+            out / "curve", sampling, params.judge, params.judge_settings, params.batch_size,
             desc=f"{params.stage_name}: addition {coefficient:g}")
         points.append(point_row(coefficient, overall, "addition"))
     best = best_point(points)

@@ -116,7 +116,8 @@ def cached_means(folder: Path, lazy: LazyModel, texts: list[str], positions: int
 
 
 def prepared_sets(params, lazy: LazyModel, training: dict[str, dict], held_out: dict[str, dict],
-                  keep: dict[str, str], filtered: set[str]) -> tuple[dict[str, list[str]], dict[str, float], list[dict]]:
+                  keep: dict[str, str], filtered: set[str]
+                  ) -> tuple[dict[str, list[str]], dict[str, float], list[dict]]:
     """The prompts of a direction stage: training sets drawn first (less ``params.exclude``), held-out sets and the
     validation rows (``params.validation``) from what they leave.
 
@@ -133,10 +134,10 @@ def prepared_sets(params, lazy: LazyModel, training: dict[str, dict], held_out: 
     validation = held_out_rows(params.validation, seen, params.seed)
     texts = {key: render_prompts(lazy.tokenizer(), [r["prompt"] for r in part], system) for key, part in rows.items()}
     ids = refusal_token_ids(lazy.tokenizer(), params.refusal_tokens)
+    score = lambda todo: baseline_scores(lazy.get()[0], lazy.tokenizer(), todo, ids, params.batch_size)  # noqa: E731
     means = {}
     for key in [key for key in texts if key in filtered or key in held_out]:  # a training set unfiltered: no scores
-        scores = stored_scores(params.stage_dir / "refusal_scores.jsonl", f"{lazy.digest}|{ids}", texts[key],
-                               lambda todo: baseline_scores(lazy.get()[0], lazy.tokenizer(), todo, ids, params.batch_size))
+        scores = stored_scores(params.stage_dir / "refusal_scores.jsonl", f"{lazy.digest}|{ids}", texts[key], score)
         if key in filtered:
             kept = refusal_filter([{"text": t, "score": v} for t, v in zip(texts[key], scores)], scores, keep[key],
                                   f"{params.stage_name}.{key}")

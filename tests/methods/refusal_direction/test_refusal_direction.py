@@ -115,7 +115,9 @@ def test_the_saved_ablated_model_is_an_ordinary_folder_that_answers_differently(
         # float16 storage rounds the weights: a trace of the direction comes back, three orders below the stream
         assert float(((residual @ unit).abs() / residual.norm(dim=-1)).max()) < 5e-3
     prompts, greedy = HARMFUL + HARMLESS, Sampling(max_new_tokens=12)
-    answers = lambda m, t: [text for _, text, *_ in sorted(TransformersBackend(m, t, 5).generate(prompts, greedy))]  # noqa: E731
+    def answers(m, t):
+        return [text for _, text, *_ in sorted(TransformersBackend(m, t, 5).generate(prompts, greedy))]
+
     assert answers(ablated, ablated_tokenizer) != answers(model, tokenizer)
 
 
@@ -133,9 +135,9 @@ def test_activation_addition_adds_the_scaled_vector_at_its_layer(tiny_model):
 
 
 # Tiny settings of both direction stages: every mechanism runs (means, scores, the curve, the saved folder).
-TINY = dict(harmful={"advbench": 4}, harmless={"alpaca": 4}, harmful_val={"harmbench:val": 3}, harmless_val={"alpaca": 3},
-            filter_train=False, filter_val=False, positions=1, layers=[3, 6, 9], kl_threshold=None,
-            induce_threshold=None, validation={"or_bench_hard:val": 2, "harmbench:val": 2}, coefficients=[-1.0],
+TINY = dict(harmful={"advbench": 4}, harmless={"alpaca": 4}, harmful_val={"harmbench:val": 3},
+            harmless_val={"alpaca": 3}, filter_train=False, filter_val=False, positions=1, layers=[3, 6, 9],
+            kl_threshold=None, induce_threshold=None, validation={"or_bench_hard:val": 2, "harmbench:val": 2}, coefficients=[-1.0],
             judge="xstest_string_match", max_new_tokens=4, batch_size=8)
 TINY_FALSE_REFUSAL = dict(pseudo_harmful={"or_bench_hard:train": 4}, harmful={"advbench": 4}, harmless={"alpaca": 4},
                           pseudo_harmful_val={"or_bench_hard:val": 3}, harmless_val={"alpaca": 3}, filter_train=False,
@@ -229,7 +231,10 @@ def test_evaluate_opens_the_folder_as_ablated_weights_or_activation_addition(pip
     assert metrics["refusal_direction"] == {"intervention": "addition", "layer": spec.layer, "position": spec.position,
                                             "coefficient": -1.5}
     prompts, greedy = [row["prompt"] for row in ablated_rows], Sampling(max_new_tokens=6)
-    generate = lambda m, t: [x for _, x, *_ in sorted(TransformersBackend(m, t, 2).generate(prompts, greedy))]  # noqa: E731
+
+    def generate(m, t):
+        return [x for _, x, *_ in sorted(TransformersBackend(m, t, 2).generate(prompts, greedy))]
+
     assert [row["response"] for row in ablated_rows] == generate(*load_model(str(folder / ABLATED), device="cpu"))
     model, tokenizer = tiny_model
     with hooks(*addition_hooks(model, vector, spec.layer, -1.5)):
