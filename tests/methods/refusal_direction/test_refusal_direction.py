@@ -137,8 +137,8 @@ def test_activation_addition_adds_the_scaled_vector_at_its_layer(tiny_model):
 # Tiny settings of both direction stages: every mechanism runs (means, scores, the curve, the saved folder).
 TINY = dict(harmful={"advbench": 4}, harmless={"alpaca": 4}, harmful_val={"harmbench:val": 3},
             harmless_val={"alpaca": 3}, filter_train=False, filter_val=False, positions=1, layers=[3, 6, 9],
-            kl_threshold=None, induce_threshold=None, validation={"or_bench_hard:val": 2, "harmbench:val": 2}, coefficients=[-1.0],
-            judge="xstest_string_match", max_new_tokens=4, batch_size=8)
+            kl_threshold=None, induce_threshold=None, validation={"or_bench_hard:val": 2, "harmbench:val": 2},
+            coefficients=[-1.0], judge="xstest_string_match", max_new_tokens=4, batch_size=8)
 TINY_FALSE_REFUSAL = dict(pseudo_harmful={"or_bench_hard:train": 4}, harmful={"advbench": 4}, harmless={"alpaca": 4},
                           pseudo_harmful_val={"or_bench_hard:val": 3}, harmless_val={"alpaca": 3}, filter_train=False,
                           filter_pseudo_harmful=False, positions=1, layers=[3, 6], kl_threshold=None,
