@@ -39,6 +39,8 @@ STAGE_TYPES = {
     "false_refusal": "porover.methods.false_refusal.stage",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
+# model -> [USD per 1M input tokens, per 1M output tokens], merged into every stage's own `prices` (`_share_prices`)
+PRICES_KEY = "prices"
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,10 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
     for key, value in raw.items():
         if key == "stages":
             continue
-        if key not in RUN_KEYS:
-            errors.append(f"{path}: {key}: unknown key; expected {', '.join([*RUN_KEYS, 'stages', 'sweep'])}")
+        if key == PRICES_KEY:
+            errors += _price_errors(value, f"{path}: {key}")
+        elif key not in RUN_KEYS:
+            errors.append(f"{path}: {key}: unknown key; expected {', '.join([*RUN_KEYS, PRICES_KEY, 'stages', 'sweep'])}")
         elif not isinstance(value, RUN_KEYS[key]) or isinstance(value, bool):
             errors.append(f"{path}: {key}: expected {RUN_KEYS[key].__name__}, got {value!r}")
     shared = {k: v for k, v in raw.items() if k in RUN_KEYS and k != "run_name"}
@@ -202,9 +206,38 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
     if not errors:  # training, validation and test prompts never meet
         errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path),
                               {stage.type.name: stage.type.prompt_roles for stage in stages.values()})
+    if not errors:
+        _share_prices(stages, raw.get(PRICES_KEY) or {})
+        run = RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
+        from porover.spending import cap_errors
+
+        errors = cap_errors(run)  # a cost cap below the stage's worst case fails here, before anything runs
     if errors:
         raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
-    return RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
+    return run
+
+
+def _price_errors(prices: object, where: str) -> list[str]:
+    """The top-level ``prices``: a mapping of model -> two non-negative numbers."""
+    if not isinstance(prices, dict):
+        return [f"{where}: expected a mapping of model -> [USD per 1M input tokens, USD per 1M output tokens]"]
+    return [f"{where}.{model}: expected [USD per 1M input tokens, USD per 1M output tokens], got {pair!r}"
+            for model, pair in prices.items() if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in pair))]
+
+
+def _share_prices(stages: dict[str, Stage], prices: dict) -> None:
+    """Give every stage that can be capped the file's whole price table: the top-level ``prices``, each stage's
+    own, and an overgeneration stage's ``price_per_1m_*`` as its teacher's; a stage's own entries win."""
+    table = {model: list(pair) for model, pair in prices.items()}
+    for stage in stages.values():
+        p = stage.params
+        if p.get("price_per_1m_input") is not None or p.get("price_per_1m_output") is not None:
+            table.setdefault(p["teacher"], [p.get("price_per_1m_input") or 0.0, p.get("price_per_1m_output") or 0.0])
+        table.update(p.get("prices") or {})
+    for stage in stages.values():
+        if "prices" in stage.params:
+            stage.params["prices"] = {**table, **stage.params["prices"]}
 
 
 def _model_reference_errors(params, types: dict[str, str], where: str) -> list[str]:

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from porover.config import StageParams, param
+from porover.config import SpendingParams, StageParams, param
 from porover.data import prompt_set_errors
 from porover.digests import digest_of
 from porover.generation import Sampling
@@ -31,6 +31,7 @@ from porover.methods.refusal_direction.selection import Criteria, choose, score_
 from porover.methods.refusal_direction.steering import DTYPES, save_model
 from porover.methods.refusal_direction.workflow import LazyModel, array_digest, cached_means, prepared_sets
 from porover.models import model_errors
+from porover.spending import metered
 from porover.store import JsonlStore, write_jsonl
 
 NOTEBOOK = "13_false_refusal.ipynb"
@@ -41,7 +42,7 @@ HELD_OUT_SETS = "exclude"  # prompts that enter none of the sets above
 
 
 @dataclass
-class FalseRefusalParams(StageParams):
+class FalseRefusalParams(StageParams, SpendingParams):
     """Parameters of ``notebooks/13_false_refusal.ipynb``: surgical false-refusal ablation (Wang et al. 2025)."""
 
     model: str = param("smollm2-135m-instruct", "model to edit: embedded name, hub id or folder", input=True)
@@ -106,6 +107,7 @@ class FalseRefusalParams(StageParams):
         return errors
 
 
+@metered  # the curve's judge may be a priced endpoint (porover.spending)
 def run_false_refusal(params: FalseRefusalParams, on_candidate=None) -> dict:
     """Read the vectors, choose the direction, trace λ, save the ablated model; return the summary.
 

@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-from porover.config import StageParams, param
+from porover.config import SpendingParams, StageParams, param
 from porover.data import prompt_set_errors
 from porover.digests import digest_of
 from porover.generation import Sampling
@@ -29,6 +29,7 @@ from porover.methods.refusal_direction.steering import (DTYPES, DirectionSpec, R
                                                         save_direction_folder)
 from porover.methods.refusal_direction.workflow import LazyModel, array_digest, cached_means, prepared_sets
 from porover.models import model_errors
+from porover.spending import metered
 from porover.store import JsonlStore, write_jsonl
 
 NOTEBOOK = "12_refusal_direction.ipynb"
@@ -40,7 +41,7 @@ HELD_OUT_SETS = "exclude"  # prompts that enter none of the sets above
 
 
 @dataclass
-class RefusalDirectionParams(StageParams):
+class RefusalDirectionParams(StageParams, SpendingParams):
     """Parameters of ``notebooks/12_refusal_direction.ipynb``: the refusal direction (Arditi et al. 2024)."""
 
     model: str = param("smollm2-135m-instruct", "model whose refusal direction is read: embedded name, hub id or "
@@ -105,6 +106,7 @@ class RefusalDirectionParams(StageParams):
         return Criteria(self.kl_threshold, self.induce_threshold, self.prune_layer_percentage)
 
 
+@metered  # the curve's judge may be a priced endpoint (porover.spending)
 def run_refusal_direction(params: RefusalDirectionParams, on_candidate=None) -> dict:
     """Read, choose and ablate the direction, trace the addition curve; write every output, return the summary.
 
