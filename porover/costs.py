@@ -182,6 +182,12 @@ def estimate_costs(run, throughput: Throughput = Throughput()) -> list[StageCost
             else:
                 rows = outputs.get(str(p.get("data") or p.get("pairs")).removeprefix("stage:"), 0)
             _training(cost, p, rows, throughput, pairs=kind == "preference_optimization")
+        elif kind in ("refusal_direction", "false_refusal"):  # the curve: one judged point per coefficient
+            prompts, tokens = prompt_count(p["validation"], outputs, cost.notes)
+            points = len(p["coefficients"]) + (kind == "refusal_direction")  # and the ablated weights
+            cost.generated_tokens += generate(prompts, p["max_new_tokens"], points)
+            _judge_calls(cost, p["judge_settings"], [p["judge"]], prompts * points, tokens * points,
+                         p["max_new_tokens"], prices)
         elif kind == "dro":
             pairs = p["n_pairs"] or 100  # the authors' 100 harmful/harmless pairs
             responses = 2 * pairs * len(p["conditions"]) * p["n_samples"]

@@ -163,6 +163,40 @@ def _hh_rlhf_harmless() -> list[dict]:
     return rows
 
 
+JAILBREAK_PLACEHOLDER = "[INSERT PROMPT HERE]"  # GPTFuzz's (gptfuzzer/utils/template.py)
+
+
+def _jailbreak(templates_file: str) -> list[dict]:
+    """Every HarmBench *test* behaviour wrapped in every GPTFuzz template (gptfuzz/SOURCE.md), labelled unsafe."""
+    templates = [(r.get("id") or str(i), r["text"]) for i, r in enumerate(_read_csv(DATA_DIR / "gptfuzz" / templates_file))]
+    questions = [r for r in _harmbench() if r["split"] == "test"]
+    return [_row(f"{template_id}/{q['id']}", text.replace(JAILBREAK_PLACEHOLDER, q["prompt"]), "unsafe", q["category"],
+                 template=template_id, question=q["prompt"]) for template_id, text in templates for q in questions]
+
+
+def _stratified(rows: list[dict], n: int | None, seed: int, keys: tuple[str, ...]) -> list[dict]:
+    """``n`` rows spread over the values of ``keys`` in turn: each pick is a row whose first key's value is used
+    least so far, then the second's, ...; ties broken by a shuffle seeded by ``seed``; returned in file order."""
+    import numpy as np
+
+    if n is None or n >= len(rows):
+        return rows
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    codes = [np.unique([str(rows[i][key]) for i in order], return_inverse=True)[1] for key in keys]
+    counts = [np.zeros(code.max() + 1, dtype=np.int64) for code in codes]
+    taken, weight = np.zeros(len(order), dtype=bool), n + 1
+    for _ in range(n):
+        # One number per row ranks (first key's use, second key's use, ...); argmin takes the first in shuffled order.
+        score = sum(count[code] * weight ** (len(keys) - 1 - j) for j, (count, code) in enumerate(zip(counts, codes)))
+        score[taken] = np.iinfo(np.int64).max
+        best = int(np.argmin(score))
+        taken[best] = True
+        for count, code in zip(counts, codes):
+            count[code[best]] += 1
+    return [rows[i] for i in sorted(np.asarray(order)[taken].tolist())]
+
+
 def _lines(rel: str, name: str, label: str) -> list[dict]:
     """One prompt per non-empty line of a text file."""
     lines = (DATA_DIR / rel).read_text(encoding="utf-8").splitlines()
@@ -207,8 +241,16 @@ DATASETS: dict[str, Callable[[], list[dict]]] = {
     "hh_rlhf_harmless": _hh_rlhf_harmless,
     "saferpaca_safety": _saferpaca_safety,
     "alpaca": partial(_table, "alpaca/alpaca_instructions_no_input.json", "alpaca", "instruction", None),
+    # harmful questions inside published jailbreak templates: safety under attack (gptfuzz/SOURCE.md)
+    "jailbreak_gptfuzz": partial(_jailbreak, "GPTFuzzer.csv"),
+    "jailbreak_gptfuzz_short": partial(_jailbreak, "seed_short_25.csv"),
     **{name: partial(_stl_eval, stem, name, label) for stem, (name, label) in _STL_EVAL.items()},
 }
+
+
+# Datasets whose draws are stratified by these columns in turn (`_stratified`) rather than by label.
+STRATA = {"jailbreak_gptfuzz": ("template", "category", "question"),
+          "jailbreak_gptfuzz_short": ("template", "category", "question")}
 
 
 @lru_cache(maxsize=None)
@@ -300,7 +342,8 @@ def load_rows(name: str, n: int | None = None, seed: int = 0, split: str | None 
             Face dataset id ``owner/name`` or ``owner/name:config`` (needs the hub).
         n: Number of rows to draw; ``None`` or ``n >= len`` gives every row in file order.
             Draws are deterministic in ``(name, n, seed, split)``, returned in file order,
-            and stratified 50/50 by label (odd extra to "safe") when safe and unsafe mix.
+            and stratified 50/50 by label (odd extra to "safe") when safe and unsafe mix; the
+            jailbreak benchmarks are stratified by template, then harm category, then question (`STRATA`).
         seed: Seed for ``random.Random`` used by the draw.
         split: ``None`` for all rows; otherwise a split the dataset has (``or_bench_hard``
             and ``oktest``: "train"/"val"/"test" by a stable prompt hash; ``harmbench``:
@@ -340,7 +383,7 @@ def load_rows(name: str, n: int | None = None, seed: int = 0, split: str | None 
         if split not in splits:
             raise ValueError(f"dataset {name!r} has no split {split!r}; its splits: {splits or 'none (use split=None)'}")
         rows = [r for r in rows if r.get("split") == split]
-    rows = _subsample(rows, n, seed)
+    rows = _stratified(rows, n, seed, STRATA[name]) if name in STRATA else _subsample(rows, n, seed)
     return [{**{c: row.get(c) for c in _COLUMNS}, **{k: v for k, v in row.items() if k not in _COLUMNS}, "source": source}
             for row in rows]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from porover.config import STAGE_REF, looks_like_path, referenced_stage, secret_errors
-from porover.splits import split_errors
+from porover.splits import ROLE_ATTRIBUTES, split_errors
 from porover.sweeps import Variant, expand_run_file
 
 # stage type -> module that owns its parameters (`<Name>Params`), NOTEBOOK and OUTPUTS
@@ -35,6 +35,8 @@ STAGE_TYPES = {
     "represent": "porover.methods.representations.stage",
     "mosr": "porover.methods.mosr.stage",
     "dro": "porover.methods.dro.stage",
+    "refusal_direction": "porover.methods.refusal_direction.stage",
+    "false_refusal": "porover.methods.false_refusal.stage",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
 # model -> [USD per 1M input tokens, per 1M output tokens], merged into every stage's own `prices` (`_share_prices`)
@@ -50,12 +52,15 @@ class StageType:
         params: Its parameters dataclass.
         notebook: Its notebook's file name under ``porover/notebooks``.
         outputs: Files or folders it writes under its stage folder; the first is what ``stage:NAME`` stands for.
+        prompt_roles: Which parameters name prompts it trains on, chooses on or holds out
+            (`porover.splits.ROLE_ATTRIBUTES`).
     """
 
     name: str
     params: type
     notebook: str
     outputs: tuple[str, ...]
+    prompt_roles: dict = field(default_factory=dict)
 
 
 def stage_type(name: str) -> StageType:
@@ -64,7 +69,8 @@ def stage_type(name: str) -> StageType:
     params = next(value for key, value in vars(module).items()
                   if key.endswith("Params") and isinstance(value, type) and value.__module__ == module.__name__
                   and dataclasses.is_dataclass(value) and key not in ("StageParams", "TrainingParams"))
-    return StageType(name, params, module.NOTEBOOK, tuple(module.OUTPUTS))
+    roles = {role: getattr(module, attribute) for role, attribute in ROLE_ATTRIBUTES.items() if hasattr(module, attribute)}
+    return StageType(name, params, module.NOTEBOOK, tuple(module.OUTPUTS), roles)
 
 
 @dataclass
@@ -198,7 +204,8 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
                 inputs.update({f"stages.{stage}": f"{STAGE_REF}{stage}" for stage in params.stages})
             stages[name] = Stage(name, kind, flat, inputs)
     if not errors:  # training, validation and test prompts never meet
-        errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path))
+        errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path),
+                              {stage.type.name: stage.type.prompt_roles for stage in stages.values()})
     if not errors:
         _share_prices(stages, raw.get(PRICES_KEY) or {})
         run = RunParams(str(path), raw.get("run_name", path.stem), stages, variants)

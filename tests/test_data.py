@@ -18,6 +18,7 @@ EXPECTED_ROWS = {
     "alpaca": 31323, "hh_rlhf_harmless": 2178, "stl_i_alpaca": 50, "stl_i_cona": 178,
     "stl_i_controversial": 40, "stl_i_malicious_instructions": 100, "stl_i_physical_safety_safe": 100,
     "stl_i_physical_safety_unsafe": 100, "stl_q_harm": 100, "dro_harmful": 100, "dro_harmless": 100,
+    "jailbreak_gptfuzz": 77 * 159, "jailbreak_gptfuzz_short": 25 * 159,
 }
 
 
@@ -235,3 +236,27 @@ def test_rows_are_fresh_copies_of_the_cached_dataset():
     first[0]["prompt"] = "changed"  # a caller editing its rows must not edit the loader's cache
     assert load_rows("advbench", n=5)[0]["prompt"] != "changed"
     assert load_rows("advbench", n=5) == [dict(r) for r in load_prompts("advbench", n=5)]
+
+
+@pytest.mark.parametrize("name,templates", [("jailbreak_gptfuzz", 77), ("jailbreak_gptfuzz_short", 25)])
+def test_jailbreak_benchmark_wraps_harmbench_test_questions_in_every_template(name, templates):
+    rows = pdata.load_rows(name)
+    questions = {r["prompt"]: r for r in pdata.load_rows("harmbench:test")}
+    assert len({r["template"] for r in rows}) == templates and {r["label"] for r in rows} == {"unsafe"}
+    assert {r["question"] for r in rows} == set(questions)  # test behaviours only: never a validation question
+    for row in rows[:: len(rows) // 50]:
+        assert row["question"] in row["prompt"] and pdata.JAILBREAK_PLACEHOLDER not in row["prompt"]
+        assert row["category"] == questions[row["question"]]["category"]
+        assert len(row["prompt"]) > len(row["question"]) + 200  # the template is there
+
+
+def test_jailbreak_draws_are_deterministic_and_stratified_by_template_then_category():
+    draw = pdata.load_rows("jailbreak_gptfuzz_short", n=40, seed=0)
+    assert [r["id"] for r in draw] == [r["id"] for r in pdata.load_rows("jailbreak_gptfuzz_short", n=40, seed=0)]
+    assert {r["id"] for r in draw} != {r["id"] for r in pdata.load_rows("jailbreak_gptfuzz_short", n=40, seed=1)}
+    templates, categories = Counter(r["template"] for r in draw), Counter(r["category"] for r in draw)
+    assert len(templates) == 25 and max(templates.values()) - min(templates.values()) <= 1  # 40 over 25 templates
+    assert len(categories) == 6 and max(categories.values()) - min(categories.values()) <= 1
+    assert len({r["question"] for r in draw}) == 40
+    full = pdata.load_rows("jailbreak_gptfuzz", n=77 * 2, seed=3)
+    assert set(Counter(r["template"] for r in full).values()) == {2}  # every template twice before a third use

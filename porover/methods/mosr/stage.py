@@ -22,6 +22,8 @@ from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "10_mosr.ipynb"
 OUTPUTS = ("model", "training_log.json", "mosr_data.jsonl")
+TRAINING_SETS = ("benign", "pseudo_malicious", "malicious")  # prompt sets it trains on (`porover.splits`)
+HELD_OUT_SETS = "exclude"  # ...less the prompts of these
 REFUSALS = ["I'm sorry, but I can't help with that.",
             "I can't assist with that request, because it could cause real harm.",
             "I won't help with this. If you have a different question, I'm happy to help."]

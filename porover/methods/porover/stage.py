@@ -39,6 +39,8 @@ from porover.store import JsonlStore, read_jsonl, write_jsonl
 
 NOTEBOOK = "04_preference_data.ipynb"
 OUTPUTS = ("pairs.jsonl",)  # what ``stage:NAME`` stands for
+TRAINING_SETS = ("prompts", "safety_anchor_sets")  # prompt sets it trains on (`porover.splits`)
+HELD_OUT_SETS = "eval_sets"  # ...less the prompts of these
 
 
 @dataclass
