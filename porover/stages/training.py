@@ -155,6 +155,11 @@ def lora_config(params):
 def trainer_config(params, config_cls, **extra):
     """A TRL config from the stage parameters, precision chosen per device (TRL defaults to bf16 and
     gradient checkpointing; bf16 on a CPU without bf16 units is ~10x slower than fp32)."""
+    from transformers import set_seed
+
+    # Before the trainer builds the model: the training seed draws the LoRA initialisation too, not only the data
+    # order and dropout, so repeats over seeds (a sweep's `seeds`) differ in everything a seed decides.
+    set_seed(params.seed)
     settings = device_settings(params.device)
     # transformers 5 renamed gradient_checkpointing; TRL's default (on) must be overridden under either name.
     names = {f.name for f in dataclasses.fields(config_cls)}
