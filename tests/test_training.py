@@ -120,8 +120,8 @@ def test_empty_or_small_pair_file_fails_before_any_model_loads(tmp_path, pairs_f
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(ValueError, match=rf"notebook parameters\.pairs: {empty}: 0 preference pair"):
         PreferenceOptimizationParams.from_namespace({"pairs": str(empty)})
-    monkeypatch.setattr("porover.stages.preference_optimization.resolve_model", lambda name: pytest.fail("a model was loaded"))
-    monkeypatch.setattr("porover.stages.sft.resolve_model", lambda name: pytest.fail("a model was loaded"))
+    # Every training stage reaches its weights through `open_model(...).weights()` -> `porover.models.resolve_model`.
+    monkeypatch.setattr("porover.models.resolve_model", lambda name: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match=rf"{pairs_file}: 4 preference pair\(s\).*fewer than min_pairs=5"):
         run_preference_optimization(PreferenceOptimizationParams(pairs=str(pairs_file), min_pairs=5, run_dir=str(tmp_path)))
     with pytest.raises(ValueError, match=rf"{empty}: no SFT rows"):
