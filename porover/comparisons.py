@@ -144,7 +144,8 @@ def paired_differences(paired: Paired, n_resamples: int = 2000, seed: int = 0, c
         values = per_replicate[metric]
         value = float(np.mean(values)) if not np.isnan(values).any() else None
         result[metric] = {"value": value, "low": None, "high": None, "per_replicate": [float(v) for v in values]}
-    if n_resamples and len(unsafe):
+    if n_resamples and len(unsafe) and (paired.replicates > 1 or any(
+            (paired.strata == s).sum() > 1 for s in set(paired.strata))):  # else nothing to resample
         draws = _bootstrap(paired, n_resamples, seed, confidence)
         for i, metric in enumerate(METRICS):
             if result[metric]["value"] is not None:
@@ -163,13 +164,18 @@ def _bootstrap(paired: Paired, n_resamples: int, seed: int, confidence: float):
     """`scipy.stats.bootstrap` of (Δ safety, Δ usefulness, Δ F1) over joint resamples of prompts (within strata)
     and replicates: each stratum's prompt indices and the replicate indices are separate samples for scipy, which
     resamples each independently; the statistic applies the drawn indices to both arms at once (paired)."""
-    strata = [np.flatnonzero(paired.strata == s) for s in dict.fromkeys(paired.strata)]
+    groups = [np.flatnonzero(paired.strata == s) for s in dict.fromkeys(paired.strata)]
+    # a stratum of one prompt resamples to itself (and scipy wants two or more per sample): kept as it is
+    strata = [g for g in groups if len(g) > 1]
+    fixed = np.concatenate([g for g in groups if len(g) == 1] or [np.array([], dtype=int)])
     samples = tuple(strata) + ((np.arange(paired.replicates),) if paired.replicates > 1 else ())
     before, after, unsafe = paired.before, paired.after, paired.unsafe
 
     def statistic(*drawn: np.ndarray, axis: int = -1) -> np.ndarray:
-        prompts = np.concatenate(drawn[:len(strata)], axis=-1)  # (..., n) prompt indices, stratum sizes kept
-        prompts = prompts.reshape(-1, prompts.shape[-1])
+        batch = int(np.prod(drawn[0].shape[:-1]))
+        prompts = (np.concatenate(drawn[:len(strata)], axis=-1).reshape(batch, -1) if strata  # stratum sizes kept
+                   else np.empty((batch, 0), dtype=int))
+        prompts = np.concatenate([prompts, np.broadcast_to(fixed, (len(prompts), len(fixed)))], axis=-1)
         mask = unsafe[prompts]
         deltas = {m: [] for m in METRICS}
         for b, a in zip(before, after):  # per replicate: (resamples,) differences

@@ -172,8 +172,8 @@ def versus_text(run_dir: str | Path, width: int = 120, table: pd.DataFrame | Non
     rows = table[table["relation"] == "parent"]
     arm_width = max(4, *(len(str(a)) for a in rows["arm"]))
     against_width = max(7, *(len(str(a)) for a in rows["against"]))
-    lines = ["each arm against the arm it was trained from: after − before in points [95% paired bootstrap], "
-             "McNemar exact p; seeds pooled",
+    lines = ["each arm against the arm it was trained from: Δ = after − before, points [95% paired bootstrap], "
+             "McNemar p; seeds pooled",
              f"{'arm':<{arm_width}}  {'against':<{against_width}}  {'seeds':>5} {'n':>5}  {'Δ safety':<25} "
              f"{'Δ usefulness':<25} {'Δ F1':<18}"]
     for _, row in rows.iterrows():

@@ -298,8 +298,9 @@ def test_a_seeds_sweep_runs_each_shared_stage_once_and_compares_the_seeds_on_the
     assert arms["evaluate_sft"].stages == ["evaluate_sft", "evaluate_sft[seed=1]"]
     assert arms["evaluate_sft"].seeds == [{"sft": 0}, {"sft": 1}]
     # the closing table pools the two seeds against the base they were trained from
-    line = next(line for line in printed.out.splitlines() if line.startswith("evaluate_sft "))
-    assert "evaluate_base" in line and line.split()[2] == "2"
+    comparisons = printed.out[printed.out.index("each arm against the arm it was trained from"):].splitlines()
+    line = next(line for line in comparisons if line.startswith("evaluate_sft "))
+    assert line.split()[1:4] == ["evaluate_base", "2", "6"]  # against, seeds, prompts
     assert (run_dir / "analysis" / "versus.csv").is_file()
     again = run_pipeline(str(run_file), outputs=str(tmp_path))
     assert all(again["stages"][s]["started"] == manifest["stages"][s]["started"] for s in manifest["stages"])

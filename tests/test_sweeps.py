@@ -182,6 +182,24 @@ def test_the_demo_sweep_shares_the_demos_stages_by_content_and_chooses_on_valida
     assert evaluations and all(s.params["split"] == "validation" for s in evaluations)
 
 
+def test_the_demo_repeats_porover_over_two_seeds_and_its_other_arms_share_its_stages():
+    root = Path(__file__).resolve().parent.parent
+    demo, more = load_run_params(root / "params" / "demo.yaml"), load_run_params(root / "params" / "demo_more.yaml")
+    assert more.run_name == demo.run_name
+    for name, stage in demo.stages.items():  # every stage of the demo, equal: `make demo` ran what demo_more needs
+        if name != "analysis":  # demo_more's analysis reads its arms too
+            assert name in more.stages and digest_of(more.stages[name].params) == digest_of(stage.params), name
+    extra = [name for name in more.stages if name not in demo.stages]
+    assert extra == ["refusal_tokens", "evaluate_refusal_tokens", "mosr", "evaluate_mosr", "dro", "evaluate_dro",
+                     "represent"]
+    # the main comparison: SFT and both POROver seeds on the same prompts, the seed copy trained with seed 1
+    main = ["evaluate_sft", "evaluate_dpo", "evaluate_dpo[seed=1]"]
+    assert len({digest_of(demo.stages[s].params["benchmarks"]) for s in main}) == 1
+    assert {demo.stages[s].params["seed"] for s in main} == {0} and demo.stages["dpo[seed=1]"].params["seed"] == 1
+    assert demo.stages["dpo[seed=1]"].inputs == demo.stages["dpo"].inputs  # one preference data for both seeds
+    assert demo.stages["evaluate_sft"].params["benchmarks"]["xstest"] is None  # XSTest whole
+
+
 def test_a_variant_can_stop_early_with_only_and_prompt_sets_name_their_copies():
     stages = {**STAGES, "evaluate_sft": {"type": "evaluate", "model": "stage:sft", "benchmarks": {"xstest": 4}}}
     order = ["overgenerate", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "analysis"]
