@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from porover.config import file_stage, referenced_stage
+from porover.config import STAGE_REF, file_stage, referenced_stage
 from porover.runs import read_manifest, stage_types
 
 IGNORED = ("stage_name", "run_dir")  # parameters that name a stage, not what it does
@@ -56,8 +56,21 @@ def run_stages(run_dir: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
     for stage in types:
         path = run_dir / "params" / f"{stage}.yaml"
         if stage not in params and path.exists():
-            params[stage] = yaml.safe_load(path.read_text()) or {}
+            params[stage] = _unresolved(yaml.safe_load(path.read_text()) or {})
     return params, types
+
+
+def _unresolved(body: dict) -> dict:
+    """A parameter file's body with each path into the run folder (``<run_dir>/sft/model``) as ``stage:sft``."""
+    root = str(body.get("run_dir", "")).rstrip("/") + "/"
+
+    def one(value: object) -> object:
+        if isinstance(value, str) and root != "/" and value.startswith(root):
+            return f"{STAGE_REF}{value[len(root):].split('/')[0]}"
+        return value
+
+    return {key: {one(k): v for k, v in value.items()} if isinstance(value, dict) else one(value)
+            for key, value in body.items()}
 
 
 def _signature(stage: str, params: dict, types: dict, seeds: dict, memo: dict) -> str:

@@ -47,7 +47,8 @@ class Paired:
     def __post_init__(self) -> None:
         self.before, self.after = np.atleast_2d(self.before).astype(bool), np.atleast_2d(self.after).astype(bool)
         self.unsafe, self.strata = np.asarray(self.unsafe, dtype=bool), np.asarray(self.strata)
-        if self.before.shape != self.after.shape or self.before.shape[1] != len(self.unsafe) != len(self.strata):
+        if (self.before.shape != self.after.shape or self.before.shape[1] != len(self.unsafe)
+                or len(self.unsafe) != len(self.strata)):
             raise ValueError(f"before {self.before.shape}, after {self.after.shape}, {len(self.unsafe)} labels and "
                              f"{len(self.strata)} strata do not match")
 

@@ -28,11 +28,14 @@ def variant_table(run_dir: str | Path) -> pd.DataFrame:
     Columns: ``variant`` (the values that reach the evaluation, ``(as written)`` for none), one column per
     swept key (``dpo.beta``...; empty where the file's own value holds), ``evaluation`` (the stage in the
     run file), ``stage`` (the stage that played it), ``split``, ``n``, and each metric with ``_low`` /
-    ``_high``. Stages without results yet are left out; a run without a sweep gives an empty table.
+    ``_high``. Stages without results yet are left out; a run without a sweep, or whose sweep repeats training
+    seeds only, gives an empty table.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     variants, types = manifest.get("sweep") or [], manifest.get("types", {})
+    if all(key.endswith(".seed") for variant in variants for key in variant["values"]):
+        return pd.DataFrame()  # training seeds alone are replicates of one arm, not variants (`porover.versus`)
     keys = list(dict.fromkeys(key for variant in variants for key in variant["values"]))
     rows = []
     for evaluation in dict.fromkeys(stage for variant in variants for stage in variant["stages"]):
@@ -140,7 +143,7 @@ def with_differences(run_dir: str | Path, table: pd.DataFrame, n_resamples: int 
             arm = arm_of(arms, name)
             if arm is None or arm is centre:
                 continue
-            result = paired_differences(paired_outcomes(run_dir, aligned(arm, centre), arm.stages, cache=cache),
+            result = paired_differences(paired_outcomes(run_dir, *aligned(arm, centre), cache=cache),
                                         n_resamples=n_resamples, seed=seed)
             where = (table["evaluation"] == evaluation) & (table["arm"] == name)
             for metric in METRICS:
@@ -177,7 +180,7 @@ def choice_margin(run_dir: str | Path, evaluation: str, metric: str = "f1", spli
         other = arm_of(arms, name)
         if winner is None or other is None:
             continue
-        result = paired_differences(paired_outcomes(run_dir, aligned(winner, other), winner.stages, cache=cache),
+        result = paired_differences(paired_outcomes(run_dir, *aligned(winner, other), cache=cache),
                                     n_resamples=n_resamples, seed=seed)[metric]
         label = rows.loc[rows["arm"] == name, "variant"].iloc[0]
         found.append({"winner": rows.loc[rows["arm"] == means.index[0], "variant"].iloc[0], "against": label,

@@ -61,7 +61,7 @@ def _points(value: float | None) -> float | None:
 
 def comparison_row(result: dict, arm: Arm, against: str, relation: str) -> dict:
     """One row of `versus_table` from `porover.comparisons.paired_differences` output (percentage points)."""
-    row = {"arm": arm.name, "against": against, "relation": relation, "seeds": result["replicates"],
+    row = {"arm": arm.name, "against": against, "relation": relation, "seeds": len(arm.stages),
            "n": result["n"], "n_unsafe": result["n_unsafe"], "n_safe": result["n_safe"]}
     for metric in METRICS:
         part = result[metric]
@@ -96,8 +96,7 @@ def versus_table(run_dir: str | Path, n_resamples: int = 1000, seed: int = 0, pa
         for relation, other in (("parent", parent), ("base", base if base is not None and base is not parent else None)):
             if other is None:
                 continue
-            before = aligned(arm, other)
-            paired = paired_outcomes(run_dir, before, arm.stages, partial_is_refusal, cache)
+            paired = paired_outcomes(run_dir, *aligned(arm, other), partial_is_refusal, cache)
             if not len(paired.unsafe):
                 continue
             result = paired_differences(paired, n_resamples=n_resamples, seed=seed)
@@ -105,17 +104,24 @@ def versus_table(run_dir: str | Path, n_resamples: int = 1000, seed: int = 0, pa
     return pd.DataFrame(rows)
 
 
-def aligned(arm: Arm, other: Arm) -> list[str]:
-    """For each replicate of ``arm``, the stage of ``other`` to compare it with: its own parent where that is one
-    of ``other``'s replicates (a parent repeated over the same seeds), else ``other``'s replicate with the same
-    training seeds, else ``other``'s first stage."""
-    def match(parent: str | None, seeds: dict) -> str:
+def aligned(arm: Arm, other: Arm) -> tuple[list[str], list[str]]:
+    """Which replicate of ``other`` each replicate of ``arm`` is compared with: ``(before stages, after stages)``.
+
+    A replicate's own parent when that is one of ``other``'s replicates (a DPO seed and the SFT it was trained
+    from), else ``other``'s replicate with the same training seeds (a variant and the file as written, both
+    repeated over the same seeds); failing both, every pair of replicates, so the pooled difference is the
+    difference of the two arms' means over their seeds.
+    """
+    def match(parent: str | None, seeds: dict) -> str | None:
         if parent in other.stages:
             return parent
-        return next((stage for stage, theirs in zip(other.stages, other.seeds) if seeds and theirs == seeds),
-                    other.stages[0])
+        return next((stage for stage, theirs in zip(other.stages, other.seeds) if seeds and theirs == seeds), None)
 
-    return [match(parent, seeds) for parent, seeds in zip(arm.parents, arm.seeds)]
+    matched = [match(parent, seeds) for parent, seeds in zip(arm.parents, arm.seeds)]
+    if all(stage is not None for stage in matched):
+        return matched, list(arm.stages)
+    pairs = [(before, after) for after in arm.stages for before in other.stages]
+    return [before for before, _ in pairs], [after for _, after in pairs]
 
 
 def seed_table(run_dir: str | Path, stages: list[str] | None = None) -> pd.DataFrame:

@@ -118,3 +118,18 @@ def test_training_curves_show_the_dpo_margin_and_log_probabilities_beside_the_lo
     assert drawn[("dpo", "x2")] == [0.1, 0.2] and drawn[("dpo", "x3")] == [-51.0, -52.0]
     assert ("sft", "x2") not in drawn and drawn[("sft", "x")] == [2.0, 1.5]
     assert len(training_figure({"sft": sft}).layout.annotations) == 1  # no DPO stage: the loss alone
+
+
+def test_stages_the_manifest_has_no_parameters_for_are_read_from_their_parameter_files(run):
+    import yaml
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    for stage in ("dpo[seed=1]", "evaluate_dpo[seed=1]"):  # as another run file sharing the folder leaves them
+        body = manifest["params"].pop(stage)
+        resolved = {key: f"{run}/{value[len('stage:'):]}/model" if str(value).startswith("stage:") else value
+                    for key, value in body.items()}
+        (run / "params").mkdir(exist_ok=True)
+        (run / "params" / f"{stage}.yaml").write_text(yaml.safe_dump({**resolved, "run_dir": str(run)}))
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    dpo = next(arm for arm in run_arms(run) if arm.name == "evaluate_dpo")
+    assert dpo.stages == ["evaluate_dpo", "evaluate_dpo[seed=1]"] and dpo.parents == ["evaluate_sft"] * 2
