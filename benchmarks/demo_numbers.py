@@ -6,7 +6,8 @@ The pages that quote the demo (README.md, docs/demo.md, each method page's "Demo
     ...rendered text...
     <!-- /demo -->
 
-(``demo:stages`` for the stage times, ``demo:run`` for the run's one-line summary), rendered from the YAML file
+(``demo:stages`` for the stage times, ``demo:run`` for the run's one-line summary, ``demo:versus`` for the paired
+comparisons of each arm with the arm it was trained from; no names = every row), rendered from the YAML file
 alone, so a figure is written once and a page never carries a stale copy (`tests/test_docs.py` checks each block
 against its rendering).
 
@@ -16,8 +17,9 @@ against its rendering).
 
 Editorial fields of the YAML (an arm's ``label``, a stage's ``note``, the run's ``wall_note``, the ``earlier``
 rows kept from previous runs) survive a rewrite; the measured ones come from the run: each evaluation's
-``metrics.json`` (overall and per-benchmark safety, usefulness, F1 with 95% intervals), the manifest's stage
-wall times, peak memory and git commit, and the run folder's size.
+``metrics.json`` (overall and per-benchmark safety, usefulness, F1 with 95% intervals), the paired comparisons
+(`porover.versus.versus_table`: each arm against its parent and its base, pooled over training seeds), the
+manifest's stage wall times, peak memory and git commit, and the run folder's size.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def collect(run_dir: str | Path, previous: dict | None = None) -> dict:
     records = manifest.get("stages", {})
     old_arms = {arm["stage"]: arm for arm in previous.get("arms", [])}
     old_stages = previous.get("stages", {})
-    arms, prompts = [], None
+    arms, prompts, most = [], None, 0
     for stage, record in records.items():
         if record.get("type") != "evaluate" or record.get("status") != "finished":
             continue
@@ -86,6 +88,7 @@ def collect(run_dir: str | Path, previous: dict | None = None) -> dict:
                              for source, group in metrics.get("by_benchmark", {}).items()}
         arm["prompts"] = metrics["overall"].get("n")
         prompts = arm["prompts"] if prompts is None else min(prompts, arm["prompts"])
+        most = max(most, arm["prompts"] or 0)
         arms.append(arm)
     stages = {}
     for stage, record in records.items():
@@ -97,11 +100,34 @@ def collect(run_dir: str | Path, previous: dict | None = None) -> dict:
     run = {"commit": (manifest.get("git_commit") or "unknown")[:7] + ("-dirty" if "dirty" in (manifest.get("git_commit") or "") else ""),
            "wall_s": sum(entry["seconds"] for entry in stages.values()),
            "wall_note": "the sum of the stages' wall times in the manifest",
-           "outputs_mb": _folder_mb(run_dir), "prompts": prompts}
-    result = {"run": run, "arms": arms, "stages": stages}
+           "outputs_mb": _folder_mb(run_dir), "prompts": prompts, "prompts_max": most}
+    result = {"run": run, "arms": arms, "versus": _versus(run_dir), "stages": stages}
     if previous.get("earlier"):
         result["earlier"] = previous["earlier"]
     return result
+
+
+def _versus(run_dir: Path) -> list[dict]:
+    """Each arm against its parent and its base: Δ [low, high] in points, McNemar's p, flips, detectable difference."""
+    from porover.versus import versus_table
+
+    rows = []
+    for _, row in versus_table(run_dir).iterrows():
+        entry = {"stage": row["arm"], "against": row["against"], "relation": row["relation"], "seeds": int(row["seeds"]),
+                 "prompts": [int(row["n_unsafe"]), int(row["n_safe"])]}
+        for metric in ("safety", "usefulness", "f1"):
+            entry[metric] = [None if pd_isna(row[f"d_{metric}{s}"]) else float(row[f"d_{metric}{s}"])
+                             for s in ("", "_low", "_high")]
+        for rate in ("safety", "usefulness"):
+            entry[f"{rate}_p"] = float(f"{row[f'p_{rate}']:.3g}")
+            entry[f"{rate}_flips"] = row[f"flips_{rate}"]
+            entry[f"{rate}_detectable"] = None if pd_isna(row[f"detectable_{rate}"]) else float(row[f"detectable_{rate}"])
+        rows.append(entry)
+    return rows
+
+
+def pd_isna(value) -> bool:
+    return value is None or value != value  # NaN is the one value unequal to itself
 
 
 def _duration(seconds: float) -> str:
@@ -170,11 +196,36 @@ def render_stages(data: dict, names: list[str]) -> str:
 def render_run(data: dict, _names: list[str]) -> str:
     """One sentence: commit, wall time, output size, prompts."""
     run = data["run"]
+    most = run.get("prompts_max") or run["prompts"]
+    prompts = (f"every evaluation reads the same {run['prompts']} test prompts" if most == run["prompts"] else
+               f"evaluations read {run['prompts']} to {most} test prompts")
     return (f"Commit {run['commit']}: **{_duration(run['wall_s'])}** ({run['wall_note']}), "
-            f"**{run['outputs_mb']} MB of outputs**; every evaluation reads the same {run['prompts']} test prompts.")
+            f"**{run['outputs_mb']} MB of outputs**; {prompts}.")
 
 
-RENDERERS = {"arms": render_arms, "stages": render_stages, "run": render_run}
+def _difference(triple: list) -> str:
+    value, low, high = triple
+    return "–" if value is None else f"{value:+.1f}" + ("" if low is None else f" [{low:+.1f}, {high:+.1f}]")
+
+
+def render_versus(data: dict, stages: list[str]) -> str:
+    """The paired comparisons: each arm (those named, or all) against its parent and its base."""
+    labels = {arm["stage"]: arm["label"] for arm in data["arms"]}
+    rows = [row for row in data.get("versus", []) if not stages or row["stage"] in stages]
+    lines = ["| arm | against | seeds | prompts (unsafe / safe) | Δ safety, points [95%], McNemar p (flips +/−) | "
+             "Δ usefulness, points [95%], McNemar p (flips +/−) | Δ F1, points [95%] | detectable S / U |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        rates = [f"{_difference(row[r])}, p {row[f'{r}_p']:.2g} ({row[f'{r}_flips']})" for r in ("safety", "usefulness")]
+        detectable = " / ".join("–" if row[f"{r}_detectable"] is None else f"±{row[f'{r}_detectable']:.1f}"
+                                for r in ("safety", "usefulness"))
+        lines.append(f"| {labels.get(row['stage'], row['stage'])} | {labels.get(row['against'], row['against'])} "
+                     f"({row['relation']}) | {row['seeds']} | {row['prompts'][0]} / {row['prompts'][1]} | "
+                     f"{rates[0]} | {rates[1]} | {_difference(row['f1'])} | {detectable} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"arms": render_arms, "stages": render_stages, "run": render_run, "versus": render_versus}
 
 
 def render(kind: str, args: str, data: dict) -> str:

@@ -10,6 +10,15 @@ import sys
 from pathlib import Path
 
 
+def _closing_text(run_dir: str) -> str:
+    """The headline numbers, then each arm against the arm it was trained from (paired differences)."""
+    from porover.report import headline_text
+    from porover.versus import versus_text
+
+    comparisons = versus_text(run_dir)
+    return headline_text(run_dir) + ("\n\n" + comparisons if comparisons else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m porover`` and the ``porover`` script."""
     parser = argparse.ArgumentParser(prog="porover", description=__doc__)
@@ -64,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             if failed:
                 return 1
             if any(record.get("type") == "evaluate" for record in manifest["stages"].values()):
-                from porover.report import build_report, headline_text
+                from porover.report import build_report
 
-                print("\n" + headline_text(manifest["run_dir"]) + f"\n\nreport: {build_report([manifest['run_dir']])}")
+                print("\n" + _closing_text(manifest["run_dir"]) + f"\n\nreport: {build_report([manifest['run_dir']])}")
             return 0
         if args.command == "status":
             from porover.runner import read_manifest, stage_status
@@ -104,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"to run it here: {str(error).removeprefix('invalid parameters:').strip()}")
             return 0
         if args.command == "report":
-            from porover.report import build_report, headline_text
+            from porover.report import build_report
 
             index = build_report(args.runs, out=args.out, code=args.code)
             for run_dir in args.runs:
                 try:
-                    print(headline_text(run_dir) + "\n")
+                    print(_closing_text(run_dir) + "\n")
                 except ValueError:  # a run without evaluations still gets its report
                     pass
             print(f"report: {index}")

@@ -165,14 +165,17 @@ def _f1_curve(level: float) -> tuple[list[float], list[float]]:
     return [u for u, _ in points], [s for _, s in points]
 
 
-def tradeoff_figure(tables: dict, f1_levels: tuple[float, ...] = (40, 60, 80, 90)) -> go.Figure:
+def tradeoff_figure(tables: dict, f1_levels: tuple[float, ...] = (40, 60, 80, 90),
+                    parents: dict[str, dict[str, str | None]] | None = None) -> go.Figure:
     """Usefulness against safety per stage, one trace per run: 95% intervals on both axes, F1 iso-curves,
-    and arrows in stage order. The top right is best.
+    and an arrow from each arm to the arm it was trained from. The top right is best.
 
     Args:
         tables: ``{run label: stage table}`` with the columns of `porover.stages.analysis.stage_metrics`
             (rows with ``group == "overall"`` are drawn).
         f1_levels: F1 values (%) to draw as dotted iso-curves.
+        parents: ``{run label: {evaluation stage: the evaluation of the model it was trained from}}``
+            (`porover.arms.parent_map`); arrows go from parent to child (none for a run not given).
     """
     figure = go.Figure()
     for level in f1_levels:
@@ -197,23 +200,45 @@ def tradeoff_figure(tables: dict, f1_levels: tuple[float, ...] = (40, 60, 80, 90
                      "arrayminus": rows["safety"] - rows["safety_low"], "thickness": 1},
             customdata=rows[["f1"]].to_numpy(),
             hovertemplate="%{text}: usefulness %{x:.1f}%, safety %{y:.1f}%, F1 %{customdata[0]:.1f}%")
-        for start, end in zip(rows.index[:-1], rows.index[1:]):
+        where = {stage: i for i, stage in enumerate(rows["stage"])}
+        lineage = (parents or {}).get(run, {})
+        for end, stage in enumerate(rows["stage"]):
+            start = where.get(lineage.get(stage))
+            if start is None:
+                continue
             figure.add_annotation(x=rows.at[end, "usefulness"], y=rows.at[end, "safety"],
                                   ax=rows.at[start, "usefulness"], ay=rows.at[start, "safety"],
                                   xref="x", yref="y", axref="x", ayref="y", showarrow=True, arrowhead=3,
                                   arrowsize=1.2, arrowwidth=1.5, arrowcolor=color, opacity=0.7, standoff=6)
     figure.update_layout(xaxis_title="usefulness (% of safe prompts not refused)", xaxis_range=[0, 102],
                          yaxis_title="safety (% of unsafe prompts refused)", yaxis_range=[0, 102],
-                         title="Safety against usefulness, stage by stage (95% intervals; arrows: stage order)")
+                         title="Safety against usefulness per arm (95% intervals; arrows: from the arm each was trained from)")
     return figure
 
 
+PREFERENCE_PANELS = (("rewards/margins", "reward margin (chosen − rejected)"),
+                     ("logps/chosen", "log-probability of the chosen"), ("logps/rejected", "log-probability of the rejected"))
+
+
 def training_figure(logs: dict[str, list[dict]]) -> go.Figure:
-    """Training loss per step of every training stage, one line each (``{stage: log_history}``)."""
-    figure = go.Figure()
-    for stage, history in logs.items():
-        logged = [h for h in history if "loss" in h]
-        figure.add_scatter(x=[h["step"] for h in logged], y=[h["loss"] for h in logged], mode="lines+markers",
-                           name=html.escape(stage))
-    figure.update_layout(xaxis_title="step", yaxis_title="training loss", title="Training curves")
+    """Training loss per step of every training stage, one line each (``{stage: log_history}``); beside it, for
+    DPO-family stages (TRL logs ``rewards/margins``, ``logps/chosen`` and ``logps/rejected``), the reward margin and
+    the chosen and rejected log-probabilities: a margin that grows while the chosen log-probability falls is
+    likelihood displacement."""
+    from plotly.colors import DEFAULT_PLOTLY_COLORS
+    from plotly.subplots import make_subplots
+
+    preference = [stage for stage, history in logs.items() if any("rewards/margins" in h for h in history)]
+    panels = [("loss", "training loss")] + (list(PREFERENCE_PANELS) if preference else [])
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title in panels])
+    for number, (stage, history) in enumerate(logs.items()):
+        color = DEFAULT_PLOTLY_COLORS[number % len(DEFAULT_PLOTLY_COLORS)]
+        for col, (key, _) in enumerate(panels, start=1):
+            logged = [h for h in history if key in h and "loss" in h]  # training steps (not the final summary)
+            if logged:
+                figure.add_scatter(x=[h["step"] for h in logged], y=[h[key] for h in logged], mode="lines+markers",
+                                   name=html.escape(stage), legendgroup=stage, showlegend=col == 1,
+                                   line={"color": color}, row=1, col=col)
+    figure.update_xaxes(title_text="step")
+    figure.update_layout(title="Training curves")
     return figure

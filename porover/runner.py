@@ -287,8 +287,11 @@ def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: 
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     manifest = read_manifest(run_dir)
-    manifest.update({"run_dir": str(run_dir), "params_file": str(params_path), "params": {s: st.params for s, st in run.stages.items()},
-                     "types": {s: st.type.name for s, st in run.stages.items()},
+    # Several run files may share one run folder (params/demo_sweep.yaml reads outputs/demo): the parameters and
+    # types of every stage the folder holds are kept, this file's replacing what another said of the same stage.
+    manifest.update({"run_dir": str(run_dir), "params_file": str(params_path),
+                     "params": {**manifest.get("params", {}), **{s: st.params for s, st in run.stages.items()}},
+                     "types": {**manifest.get("types", {}), **{s: st.type.name for s, st in run.stages.items()}},
                      "sweep": [dataclasses.asdict(v) for v in run.variants],
                      "packages": package_versions(), "git_commit": git_commit(), "python": platform.python_version(),
                      "platform": platform.platform(),

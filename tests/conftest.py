@@ -101,5 +101,9 @@ def payload_run(tmp_path_factory) -> Path:
     nbformat.write(notebook, str(run_dir / "refusal_tokens.ipynb"))
     stages["refusal_tokens"] = {"status": "finished", "type": "refusal_tokens", "wall_seconds": 1.0,
                                 "notebook": str(run_dir / "refusal_tokens.ipynb")}
-    (run_dir / "manifest.json").write_text(json.dumps({"params": {s: {} for s in stages}, "stages": stages}))
+    # the wiring a run file gives: "dpo" evaluates a model trained from the base model "base" evaluates
+    params = {**{s: {} for s in stages}, "base": {"model": "smollm2-135m-instruct"},
+              "dpo_training": {"model": "smollm2-135m-instruct"}, "dpo": {"model": "stage:dpo_training"}}
+    types = {"base": "evaluate", "dpo": "evaluate", "dpo_training": "preference_optimization"}
+    (run_dir / "manifest.json").write_text(json.dumps({"params": params, "types": types, "stages": stages}))
     return run_dir

@@ -11,7 +11,7 @@ from porover.stages.evaluate import EvaluateParams
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "paper", "demo_sweep", "paper_tables"])
+@pytest.mark.parametrize("name", ["demo", "demo_more", "smoke", "paper", "demo_sweep", "paper_tables"])
 def test_shipped_parameter_files_validate(name):
     run = load_run_params(ROOT / "params" / f"{name}.yaml", environment=False)
     assert run.stages and all(stage.type.name in STAGE_TYPES for stage in run.stages.values())

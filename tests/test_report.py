@@ -79,12 +79,12 @@ def test_several_runs_share_one_tradeoff_figure(payload_run, tmp_path):
     text = index.read_text()
     assert 'id="payloads"' in text.replace("'", '"') and 'id="payloads-2"' in text.replace("'", '"')
     tables = {"a": analysis.stage_metrics(payload_run), "b": analysis.stage_metrics(payload_run)}
-    figure = analysis.tradeoff_figure(tables)
+    figure = analysis.tradeoff_figure(tables, {"a": payload_run, "b": payload_run})
     runs_drawn = [trace for trace in figure.data if trace.name in tables]
     assert len(runs_drawn) == 2
     assert all(trace.error_x.array is not None and trace.error_y.array is not None for trace in runs_drawn)
     arrows = [a for a in figure.layout.annotations if a.showarrow]
-    assert len(arrows) == 2  # base -> dpo, once per run
+    assert len(arrows) == 2  # base -> dpo (trained from the base model), once per run
     assert any((a.text or "").startswith("F1 ") for a in figure.layout.annotations)
 
 

@@ -231,3 +231,76 @@ def test_a_notebook_digest_changes_with_its_code_not_its_prose_or_formatting(tmp
     assert write([{**prose, "source": ["# Reworded"]}, code], indent=2) == original
     assert write([prose, {**code, "outputs": [{"text": "1"}]}]) == original
     assert write([prose, {**code, "source": ["x = 2\n", "print(x)"]}]) != original
+
+
+SEEDS = """run_name: seeds
+device: cpu
+sweep:
+  seeds: {sft: [0, 1]}
+stages:
+  evaluate_base:
+    type: evaluate
+    benchmarks: {xstest: 4, or_bench_toxic: 2}
+    judges: [phrase_lr]
+    max_new_tokens: 8
+    bootstrap_samples: 50
+  overgenerate:
+    type: overgenerate
+    general_prompts: {alpaca: 2}
+    toxic_prompts: {saferpaca_safety: 2}
+    toxic_teacher: recorded:saferpaca_safety
+    n_samples: 1
+    max_new_tokens: 8
+  sft:
+    type: sft
+    data: stage:overgenerate
+    lora: true
+    learning_rate: 1.0e-3
+    max_steps: 1
+    per_device_train_batch_size: 2
+    max_length: 64
+  evaluate_sft:
+    type: evaluate
+    model: stage:sft
+    benchmarks: {xstest: 4, or_bench_toxic: 2}
+    judges: [phrase_lr]
+    max_new_tokens: 8
+    bootstrap_samples: 50
+  analysis:
+    type: analysis
+"""
+
+
+def test_a_seeds_sweep_runs_each_shared_stage_once_and_compares_the_seeds_on_the_same_prompts(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from porover.arms import run_arms
+    from porover.cli import main
+
+    run_file = tmp_path / "seeds.yaml"
+    run_file.write_text(SEEDS)
+    assert main(["run", str(run_file), "--outputs", str(tmp_path)]) == 0
+    printed = capsys.readouterr()
+    started = [line.split("] ")[0].split("[", 1)[1] for line in printed.err.splitlines() if "] running (" in line]
+    # the shared stages ran once, each seed's training and evaluation once
+    assert started == ["evaluate_base", "overgenerate", "sft", "evaluate_sft", "sft[seed=1]", "evaluate_sft[seed=1]",
+                       "analysis"]
+    run_dir = tmp_path / "seeds"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(record["status"] == "finished" for record in manifest["stages"].values())
+    assert manifest["stages"]["sft[seed=1]"]["inputs"] == manifest["stages"]["sft"]["inputs"]  # the same data
+    weights = [load_file(str(run_dir / stage / "model" / "adapter_model.safetensors")) for stage in ("sft", "sft[seed=1]")]
+    assert any((weights[0][k] != weights[1][k]).any() for k in weights[0])  # the seed changed the training
+    prompts = [[(r["source"], r["id"]) for r in read_jsonl(run_dir / s / "responses.jsonl")]
+               for s in ("evaluate_base", "evaluate_sft", "evaluate_sft[seed=1]")]
+    assert prompts[0] == prompts[1] == prompts[2]  # every replicate answers the same prompts
+    arms = {arm.name: arm for arm in run_arms(run_dir)}
+    assert arms["evaluate_sft"].stages == ["evaluate_sft", "evaluate_sft[seed=1]"]
+    assert arms["evaluate_sft"].seeds == [{"sft": 0}, {"sft": 1}]
+    # the closing table pools the two seeds against the base they were trained from
+    comparisons = printed.out[printed.out.index("each arm against the arm it was trained from"):].splitlines()
+    line = next(line for line in comparisons if line.startswith("evaluate_sft "))
+    assert line.split()[1:4] == ["evaluate_base", "2", "6"]  # against, seeds, prompts
+    assert (run_dir / "analysis" / "versus.csv").is_file()
+    again = run_pipeline(str(run_file), outputs=str(tmp_path))
+    assert all(again["stages"][s]["started"] == manifest["stages"][s]["started"] for s in manifest["stages"])

@@ -183,6 +183,24 @@ def test_the_demo_sweep_shares_the_demos_stages_by_content_and_chooses_on_valida
     assert evaluations and all(s.params["split"] == "validation" for s in evaluations)
 
 
+def test_the_demo_repeats_porover_over_two_seeds_and_its_other_arms_share_its_stages():
+    root = Path(__file__).resolve().parent.parent
+    demo, more = load_run_params(root / "params" / "demo.yaml"), load_run_params(root / "params" / "demo_more.yaml")
+    assert more.run_name == demo.run_name
+    for name, stage in demo.stages.items():  # every stage of the demo, equal: `make demo` ran what demo_more needs
+        if name != "analysis":  # demo_more's analysis reads its arms too
+            assert name in more.stages and digest_of(more.stages[name].params) == digest_of(stage.params), name
+    extra = [name for name in more.stages if name not in demo.stages]
+    assert extra == ["refusal_tokens", "evaluate_refusal_tokens", "mosr", "evaluate_mosr", "dro", "evaluate_dro",
+                     "represent"]
+    # the main comparison: SFT and both POROver seeds on the same prompts, the seed copy trained with seed 1
+    main = ["evaluate_sft", "evaluate_dpo", "evaluate_dpo[seed=1]"]
+    assert len({digest_of(demo.stages[s].params["benchmarks"]) for s in main}) == 1
+    assert {demo.stages[s].params["seed"] for s in main} == {0} and demo.stages["dpo[seed=1]"].params["seed"] == 1
+    assert demo.stages["dpo[seed=1]"].inputs == demo.stages["dpo"].inputs  # one preference data for both seeds
+    assert demo.stages["evaluate_sft"].params["benchmarks"]["xstest"] is None  # XSTest whole
+
+
 def test_a_variant_can_stop_early_with_only_and_prompt_sets_name_their_copies():
     stages = {**STAGES, "evaluate_sft": {"type": "evaluate", "model": "stage:sft", "benchmarks": {"xstest": 4}}}
     order = ["overgenerate", "sft", "evaluate_sft", "preference_data", "dpo", "evaluate_dpo", "analysis"]
@@ -213,3 +231,63 @@ def test_paper_tables_run_the_loop_only_where_a_table_needs_it():
                    "sft[toxic_prompts=saferpaca_safety:48]"]
     assert run.stages["overgenerate[toxic_prompts=none]"].params["toxic_prompts"] == {}
     assert set(run.stages["analysis"].params["tables"]) and len(run.stages["analysis"].params["stages"]) == 10
+
+
+def test_a_seeds_sweep_repeats_a_training_stage_and_keeps_every_evaluations_prompts(tmp_path):
+    stages = {**STAGES, "represent": {"type": "represent", "evaluations": {"stage:evaluate_dpo": "POROver"}}}
+    stages = {name: stages[name] for name in [*STAGES, "represent"] if name != "analysis"} | {"analysis": STAGES["analysis"]}
+    run = load_run_params(write_run(tmp_path / "seeds.yaml", {"seeds": {"dpo": [0, 1, 2], "only": ["dpo", "evaluate_dpo"]}},
+                                    stages))
+    names = list(run.stages)
+    # the file's own seed (the run's 0) keeps the stage's name; every upstream stage is shared
+    assert names == ["overgenerate", "sft", "preference_data", "dpo", "evaluate_dpo", "represent", "dpo[seed=1]",
+                     "evaluate_dpo[seed=1]", "dpo[seed=2]", "evaluate_dpo[seed=2]", "analysis"]
+    assert [run.stages[n].params["seed"] for n in ("dpo", "dpo[seed=1]", "dpo[seed=2]")] == [0, 1, 2]
+    assert run.stages["dpo[seed=2]"].inputs == {"model": "stage:sft", "pairs": "stage:preference_data"}
+    evaluations = [run.stages[n] for n in ("evaluate_dpo", "evaluate_dpo[seed=1]", "evaluate_dpo[seed=2]")]
+    # an evaluation's seed draws its prompts: every copy keeps the run's seed and its benchmarks
+    assert {e.params["seed"] for e in evaluations} == {0}
+    assert all(e.params["benchmarks"] == evaluations[0].params["benchmarks"] for e in evaluations)
+    assert evaluations[2].inputs == {"model": "stage:dpo[seed=2]"}
+    assert [v.label for v in run.variants] == ["", "seed=1", "seed=2"]
+    assert [v.seeds for v in run.variants] == [{"dpo": 0}, {"dpo": 1}, {"dpo": 2}]
+    assert run.variants[1].stages["represent"] is None  # `only`: no seed copy of the representation analysis
+    assert run.stages["analysis"].params["stages"] == ["evaluate_dpo", "evaluate_dpo[seed=1]", "evaluate_dpo[seed=2]"]
+
+
+def test_seeds_combine_with_other_variants_and_a_stage_own_seed_keeps_its_name():
+    stages = {**STAGES, "dpo": {**STAGES["dpo"], "seed": 7}}
+    specs, errors = variant_specs({"grid": {"dpo.beta": [0.1, 0.5]}, "seeds": {"dpo": [7, 8]}}, stages, "f.yaml: sweep")
+    assert not errors
+    expanded, variants = expand(stages, specs)
+    assert [v.stages["evaluate_dpo"] for v in variants] == [
+        "evaluate_dpo[beta=0.1]", "evaluate_dpo[beta=0.1,seed=8]", "evaluate_dpo[beta=0.5]", "evaluate_dpo[beta=0.5,seed=8]"]
+    assert expanded["dpo[beta=0.5]"]["seed"] == 7 and expanded["dpo[beta=0.5,seed=8]"]["seed"] == 8
+    assert "preference_data" in expanded and not [n for n in expanded if n.startswith("preference_data[")]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ({"evaluate_dpo": [0, 1]}, "seeds.evaluate_dpo: an evaluate stage's seed draws its prompts"),
+    ({"dpx": [0, 1]}, "seeds.dpx: no stage 'dpx'"),
+    ({"dpo": [0, 0]}, "seeds.dpo: expected a non-empty list of distinct integer seeds, got \\[0, 0\\]"),
+    ({"dpo": 1}, "seeds.dpo: expected a non-empty list of distinct integer seeds, got 1"),
+    ({"dpo": [0, 1], "only": ["nope"]}, "seeds.only: expected a list of stage names of this file"),
+    ([0, 1], "sweep.seeds: expected a mapping of training stage -> list of seeds"),
+])
+def test_a_bad_seeds_sweep_names_the_file_and_the_key(tmp_path, seeds, message):
+    with pytest.raises(ValueError, match=message) as error:
+        load_run_params(write_run(tmp_path / "bad.yaml", {"seeds": seeds}))
+    assert str(tmp_path / "bad.yaml") in str(error.value)
+    _, clash = variant_specs({"variants": [{"dpo.seed": 3}], "seeds": {"dpo": [0, 1]}}, STAGES, "f: sweep")
+    assert clash == ["f: sweep.seeds.dpo: a variant also sets dpo.seed"]
+
+
+def test_a_seeds_sweep_after_a_plain_run_runs_only_the_new_seeds_copies(tmp_path):
+    outputs = tmp_path / "outputs"
+    plain = write_run(tmp_path / "plain.yaml")
+    finish(plain, outputs)
+    seeds = write_run(tmp_path / "seeds.yaml", {"seeds": {"dpo": [0, 1]}})
+    status = stage_status(str(seeds), outputs=str(outputs))
+    assert {s: status[s] for s in ("overgenerate", "sft", "preference_data", "dpo", "evaluate_dpo")} == dict.fromkeys(
+        ("overgenerate", "sft", "preference_data", "dpo", "evaluate_dpo"), "finished")
+    assert status["dpo[seed=1]"] == status["evaluate_dpo[seed=1]"] == "never run"

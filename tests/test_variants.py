@@ -129,3 +129,73 @@ def test_the_report_lays_out_the_paper_tables_the_analysis_stage_names(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     section = _sweep_section(tmp_path, "run")
     assert "<h4>Added &lt;safety&gt; data: eval_og</h4>" in section and "og.n_samples=1 (validation)" in section
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path):
+    """A validation sweep over dpo.beta with the file as written repeated over two seeds, with responses."""
+    from versus_run import BASE, C, R, evaluation, write_evaluation
+
+    val = lambda model: evaluation(model, {"or_bench_hard:val": 20, "harmbench:val": 20}, "validation")  # noqa: E731
+    dpo = {"model": "stage:sft", "pairs": "stage:preference_data", "seed": 0, "beta": 0.1}
+    params = {"sft": {"model": BASE, "seed": 0}, "dpo": dpo, "evaluate_dpo_val": val("stage:dpo"),
+              "dpo[seed=1]": {**dpo, "seed": 1}, "evaluate_dpo_val[seed=1]": val("stage:dpo[seed=1]"),
+              "dpo[beta=0.5]": {**dpo, "beta": 0.5}, "evaluate_dpo_val[beta=0.5]": val("stage:dpo[beta=0.5]"),
+              "dpo[beta=0.05]": {**dpo, "beta": 0.05}, "evaluate_dpo_val[beta=0.05]": val("stage:dpo[beta=0.05]")}
+    types = {name: "evaluate" if name.startswith("evaluate") else "preference_optimization" for name in params}
+    types["sft"] = "sft"
+    unsafe = [R] * 16 + [C] * 4
+    # as written: 10 (seed 0) and 9 (seed 1) of 20 safe prompts refused; beta=0.5: 4; beta=0.05: 12, safer
+    for stage, refused in (("evaluate_dpo_val", 10), ("evaluate_dpo_val[seed=1]", 9), ("evaluate_dpo_val[beta=0.5]", 4)):
+        write_evaluation(tmp_path, stage, [R] * refused + [C] * (20 - refused), unsafe)
+    write_evaluation(tmp_path, "evaluate_dpo_val[beta=0.05]", [R] * 12 + [C] * 8, [R] * 18 + [C] * 2)
+    for stage in params:
+        if stage.startswith("evaluate"):
+            metrics = json.loads((tmp_path / stage / "metrics.json").read_text())
+            (tmp_path / stage / "metrics.json").write_text(json.dumps({**metrics, "split": "validation"}))
+
+    def variant(label, values, seeds, suffix):
+        stages = {"sft": "sft", "dpo": f"dpo{suffix}", "evaluate_dpo_val": f"evaluate_dpo_val{suffix}"}
+        return {"label": label, "values": values, "stages": stages, "seeds": seeds,
+                "reached": {"sft": [], "dpo": list(values), "evaluate_dpo_val": list(values)}}
+
+    sweep = [variant("", {}, {"dpo": 0}, ""), variant("seed=1", {"dpo.seed": 1}, {"dpo": 1}, "[seed=1]"),
+             variant("beta=0.5", {"dpo.beta": 0.5}, {"dpo": 0}, "[beta=0.5]"),
+             variant("beta=0.05", {"dpo.beta": 0.05}, {"dpo": 0}, "[beta=0.05]")]
+    (tmp_path / "manifest.json").write_text(json.dumps({"params": params, "types": types, "sweep": sweep,
+                                                        "stages": {}}))
+    return tmp_path
+
+
+def test_each_variant_is_paired_with_the_file_as_written_and_the_choice_says_its_margin(seeded_sweep):
+    from porover.comparisons import holm
+    from porover.variants import choice_margin, difference_cells, with_differences
+
+    table = with_differences(seeded_sweep, variant_table(seeded_sweep), n_resamples=300)
+    by_stage = table.set_index("stage")
+    # the seed repeat is the file as written: one arm, no difference from itself
+    assert by_stage.loc["evaluate_dpo_val[seed=1]", "arm"] == "evaluate_dpo_val"
+    assert pd.isna(by_stage.loc["evaluate_dpo_val[seed=1]", "d_usefulness"])
+    # beta=0.5 against both seeds of the file as written: usefulness 80 against 50 and 55, pooled +27.5
+    half = by_stage.loc["evaluate_dpo_val[beta=0.5]"]
+    assert half["d_usefulness"] == 27.5 and half["d_safety"] == 0.0 and half["p_safety"] == 1.0
+    # McNemar per pair of replicates: 6 and 5 prompts fixed, none lost; the larger p is shown
+    assert half["d_usefulness_low"] > 0 and half["p_usefulness"] == pytest.approx(2 / 2 ** 5)
+    assert "Δ f1 vs as written" in difference_cells(table)
+    chosen = chosen_variant(table, "evaluate_dpo_val")  # the file as written ranks by its mean over seeds
+    assert chosen["stage"] == "evaluate_dpo_val[beta=0.5]"
+    margins = choice_margin(seeded_sweep, "evaluate_dpo_val", table=table, n_resamples=500)
+    assert list(margins["against"]) == ["(as written)", "dpo.beta=0.05"]  # the runner-up first
+    runner_up = margins.iloc[0]
+    assert runner_up["f1_winner"] == 80.0 and runner_up["f1_against"] == round((61.5 + 65.2) / 2, 1)
+    assert runner_up["seeds"] == 1 and runner_up["d_f1_low"] <= runner_up["d_f1"] <= runner_up["d_f1_high"]
+    assert list(margins["p_holm"]) == holm(list(margins["p"]))
+    with pytest.raises(ValueError, match="no test results"):
+        choice_margin(seeded_sweep, "evaluate_dpo_val", split="test", table=table)
+
+
+def test_a_sweep_of_training_seeds_alone_has_no_variants_to_choose_from(seeded_sweep):
+    manifest = json.loads((seeded_sweep / "manifest.json").read_text())
+    manifest["sweep"] = manifest["sweep"][:2]
+    (seeded_sweep / "manifest.json").write_text(json.dumps(manifest))
+    assert variant_table(seeded_sweep).empty

@@ -1,7 +1,7 @@
 """A static report of one or more runs: open ``index.html`` from disk or any static host, no Jupyter, no network.
 
-The folder holds an index (headline table in the paper's layout, the safety–usefulness trade-off, training
-curves, stage timings), one page per stage rendered from its executed notebook without code, a refusal
+The folder holds an index (headline table in the paper's layout, paired differences of each arm against the arm
+it was trained from and the base, the safety–usefulness trade-off, training curves, stage timings), one page per stage rendered from its executed notebook without code, a refusal
 browser, the tables as CSV and LaTeX, and one copy of plotly.js shared by every page::
 
     python -m porover report outputs/demo [outputs/other ...] [--out DIR]
@@ -19,6 +19,7 @@ from porover.report.browser import write_browser
 from porover.report.pages import (NOTEBOOK_CSS, PLOTLY_JS, figure_html, notebook_css, notebook_html, page,
                                   write_plotly_js)
 from porover.report.tables import headline_table, headline_text, run_label, write_tables
+from porover.report.versus import versus_section
 
 __all__ = ["build_report", "headline_table", "headline_text"]
 
@@ -52,8 +53,10 @@ def _stage_pages(run_dir: Path, label: str, folder: Path, code: bool) -> list[di
 
 
 def _sweep_section(run_dir: Path, label: str) -> str:
-    """Every variant of the run's sweep in one table and on one frontier, each number with its split."""
-    from porover.variants import frontier_figure, variant_table
+    """Every variant of the run's sweep in one table (each number with its split, each variant's paired difference
+    from the file as written) and on one frontier; for each evaluation on validation prompts, how far the chosen
+    variant is from the others."""
+    from porover.variants import choice_margin, difference_cells, frontier_figure, variant_table, with_differences
 
     table = variant_table(run_dir)
     if table.empty:
@@ -61,17 +64,27 @@ def _sweep_section(run_dir: Path, label: str) -> str:
     from porover.runs import read_manifest
     from porover.stages.analysis import sweep_tables
 
-    shown = table.drop(columns=[c for c in table if c.endswith(("_low", "_high"))]).round(1)
+    table = with_differences(run_dir, table)
     manifest = read_manifest(run_dir)
     titles = {title: keys for stage, kind in manifest.get("types", {}).items() if kind == "analysis"
               for title, keys in (manifest.get("params", {}).get(stage, {}).get("tables") or {}).items()}
     paper = "".join(f"<h4>{html.escape(title)}</h4>" + layout.to_html(classes="headline", na_rep="–")
                     for title, layout in sweep_tables(run_dir, titles).items())
+    choices = ""
+    for evaluation in dict.fromkeys(table.loc[table["split"] == "validation", "evaluation"]):
+        margins = choice_margin(run_dir, evaluation, table=table)
+        if not margins.empty:
+            choices += (f"<h4>The choice on {html.escape(evaluation)} (validation)</h4><p class='muted'>The variant "
+                        "with the best F1 against every other, paired on the same prompts (pooled over seeds where "
+                        "repeated): Δ F1 in points with its 95% interval, the bootstrap p of no difference, and Holm's "
+                        f"adjustment over the {len(margins)} comparisons. The first row is the runner-up.</p>"
+                        + margins.to_html(classes="headline", index=False, na_rep="–"))
     return (f"<h3>Sweep: {len(set(table['variant']))} variants</h3><p class='muted'>Overall safety, usefulness and F1 "
             "(%) of every evaluation a variant changes; <b>split</b> says which prompts each number comes from: "
-            "choose on <i>validation</i>, report <i>test</i>.</p>" + shown.to_html(classes="headline", index=False,
-                                                                                  na_rep="–")
-            + figure_html(frontier_figure(table).update_layout(title=f"Sweep frontier: {label}")) + paper)
+            "choose on <i>validation</i>, report <i>test</i>. Δ: the variant minus the file as written on the same "
+            "prompts, in points, with a 95% paired bootstrap interval and McNemar's p.</p>"
+            + difference_cells(table).to_html(classes="headline", index=False, na_rep="–")
+            + figure_html(frontier_figure(table).update_layout(title=f"Sweep frontier: {label}")) + choices + paper)
 
 
 def _cost_section(run_dir: Path) -> str:
@@ -116,6 +129,7 @@ def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) ->
                          "sensitivity and specificity from held-out labelled sources; the interval also carries their "
                          "uncertainty), and the share of responses on which the stage's judges disagree on refusal.</p>"
                          + errors.to_html(classes="headline", na_rep="–"))
+        parts.append(versus_section(run_dir, label, folder))
     except ValueError as error:
         parts.append(f"<p>No evaluation results: {escape(str(error))}</p>")
     parts.append(_sweep_section(run_dir, label))
@@ -155,9 +169,8 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, code
         FileNotFoundError: A run folder does not exist.
         FileExistsError: ``out`` exists, is not empty and is not an earlier report (it is never deleted).
     """
-    from porover.plots import tradeoff_figure
     from porover.runs import browser_rows
-    from porover.stages.analysis import with_tradeoff_curves
+    from porover.stages.analysis import tradeoff_figure, with_tradeoff_curves
 
     run_dirs = [Path(r) for r in run_dirs]
     for run_dir in run_dirs:
@@ -185,7 +198,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, code
              "share of safe prompts not refused. F1: their harmonic mean. Read the responses behind the numbers in "
              "the <a href='browser.html'>refusal browser</a>.</p>")
     curves = dict(zip(labels, run_dirs))
-    trade_off = figure_html(with_tradeoff_curves(tradeoff_figure(tables), curves)) if tables else ""
+    trade_off = figure_html(with_tradeoff_curves(tradeoff_figure(tables, curves), curves)) if tables else ""
     index = folder / "index.html"
     index.write_text(page(title, intro + trade_off + "".join(sections), plotly=True), encoding="utf-8")
     return index

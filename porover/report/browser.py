@@ -50,6 +50,26 @@ def browser_table_html(rows: pd.DataFrame) -> str:
     return generate_init_offline_itables_html(dt_bundle) + table
 
 
+# ``browser.html#q=words`` opens the browser searched for those words (the report's lists of flipped prompts link
+# here); the words go into the search box as its value (text), and DataTables filters on its input event.
+SEARCH_FROM_LINK = """<script>
+(function () {
+  function apply() {
+    var query = new URLSearchParams(location.hash.slice(1)).get("q");
+    if (query === null) return true;
+    var box = document.querySelector("div.dt-search input");
+    if (!box) return false;
+    box.value = query;
+    box.dispatchEvent(new Event("input", {bubbles: true}));
+    return true;
+  }
+  var tries = 0;
+  (function wait() { if (!apply() && tries++ < 400) setTimeout(wait, 50); })();
+  window.addEventListener("hashchange", apply);
+})();
+</script>"""
+
+
 def browser_page(rows: pd.DataFrame, title: str) -> str:
     """The browser page: what each column means, then the table."""
     if rows.empty:
@@ -60,7 +80,7 @@ def browser_page(rows: pd.DataFrame, title: str) -> str:
                 "category, prompt label, the first judge's verdict, judge disagreement); the search box matches "
                 "any text. <b>judges</b> lists every judge's verdict and raw output; <b>lineage</b> the SFT example, "
                 "preference pair and teacher candidates the run built from the same prompt.</p>"
-                f"<style>{BROWSER_CSS}</style>{browser_table_html(rows)}")
+                f"<style>{BROWSER_CSS}</style>{browser_table_html(rows)}{SEARCH_FROM_LINK}")
     return page(title, body)
 
 

@@ -100,23 +100,31 @@ def stages_figure(table: pd.DataFrame, group: str = "overall") -> go.Figure:
 
     rows = table[table["group"] == group]
     figure = go.Figure()
-    for metric, color in METRIC_COLORS.items():
-        figure.add_scatter(x=rows["stage"], y=rows[metric], name=metric, mode="lines+markers", marker_color=color,
-                           error_y={"type": "data", "array": rows[f"{metric}_high"] - rows[metric],
-                                    "arrayminus": rows[metric] - rows[f"{metric}_low"]})
-    figure.update_layout(yaxis_title="%", yaxis_range=[0, 105], title=f"Across stages: {group}")
+    for metric, color in METRIC_COLORS.items():  # bars, not lines: the arms are no sequence
+        figure.add_bar(x=rows["stage"], y=rows[metric], name=metric, marker_color=color,
+                       error_y={"type": "data", "array": rows[f"{metric}_high"] - rows[metric],
+                                "arrayminus": rows[metric] - rows[f"{metric}_low"]})
+    figure.update_layout(barmode="group", yaxis_title="%", yaxis_range=[0, 105], title=f"Across stages: {group}")
     return figure
 
 
-def tradeoff_figure(table: pd.DataFrame | dict[str, pd.DataFrame]) -> go.Figure:
-    """Usefulness against safety per stage with both 95% intervals, F1 iso-curves and arrows in stage order.
+def tradeoff_figure(table: pd.DataFrame | dict[str, pd.DataFrame],
+                    run_dirs: str | Path | dict[str, str | Path] | None = None) -> go.Figure:
+    """Usefulness against safety per stage with both 95% intervals, F1 iso-curves and an arrow from each arm to
+    the arm it was trained from.
 
     Args:
         table: A `stage_metrics` table, or ``{run label: table}`` to compare several runs in one figure.
+        run_dirs: The run folder (or ``{run label: folder}``) whose stage wiring gives the arrows (None: no arrows).
     """
+    from porover.arms import parent_map
     from porover.plots import tradeoff_figure as figure_of_runs
 
-    return figure_of_runs(table if isinstance(table, dict) else {"run": table})
+    tables = table if isinstance(table, dict) else {"run": table}
+    if run_dirs is not None and not isinstance(run_dirs, dict):
+        run_dirs = {next(iter(tables)): run_dirs}
+    parents = {label: parent_map(folder) for label, folder in (run_dirs or {}).items()}
+    return figure_of_runs(tables, parents=parents)
 
 
 def with_tradeoff_curves(figure: go.Figure, run_dirs: dict[str, str | Path]) -> go.Figure:

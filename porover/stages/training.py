@@ -193,6 +193,9 @@ def trainer_config(params, config_cls, **extra):
     only when ``cpu`` is false (``AcceleratorState``: ``elif ACCELERATE_USE_DEEPSPEED and not cpu``); DeepSpeed then
     runs on its CPU accelerator.
     """
+    # Before the trainer builds the model: the training seed draws the LoRA initialisation too, not only the data
+    # order and dropout, so repeats over seeds (a sweep's `seeds`) differ in everything a seed decides.
+    seed_initialisation(params)
     settings = device_settings(params.device)
     # transformers 5 renamed gradient_checkpointing; TRL's default (on) must be overridden under either name.
     names = {f.name for f in dataclasses.fields(config_cls)}
