@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lab venv clean-venv
+.PHONY: demo demo-more test test-slow lab venv clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m porover run params/demo.yaml
+
+# The trained related arms (refusal tokens, MOSR-like, DRO, represent) into the same run folder, after `make demo`.
+demo-more: $(STAMP)
+	$(PY) -m porover run params/demo_more.yaml
 
 # Two workers with one torch thread each: on 2 cores that beats one process with two threads.
 test: $(STAMP)
