@@ -33,7 +33,8 @@ import yaml
 
 from porover.config import looks_like_path, referenced_stage
 
-# Mappings of prompt set -> count whose counts are cut (not exclude / eval_sets: what they remove stays whole).
+# Mappings of prompt set -> count whose counts are cut (not exclude / eval_sets: what they remove stays whole);
+# a stage type's declared training and validation sets (`porover.splits.ROLE_ATTRIBUTES`) count too (`_prompt_sets`).
 PROMPT_SETS = ("general_prompts", "toxic_prompts", "benchmarks", "seeds", "prompts", "safety_anchor_sets",
                "extra_prompts", "benign", "pseudo_malicious", "malicious")
 TOKEN_BUDGETS = ("max_new_tokens", "teacher_max_new_tokens", "target_max_new_tokens", "mutator_max_new_tokens",
@@ -110,6 +111,18 @@ def preflight(run) -> list[str]:
 def _budget_of(model_field: str, params: dict) -> str | None:
     """The token-budget field of the model in ``model_field`` (`ENDPOINT_BUDGETS`), None if it has none."""
     return next((budget for budget in ENDPOINT_BUDGETS.get(model_field, ()) if budget in params), None)
+
+
+def _prompt_sets(type_name: str | None) -> tuple[str, ...]:
+    """The fields of a stage type that map prompt sets to counts: the shared names and the type's declared roles."""
+    from porover.run_file import STAGE_TYPES, stage_type
+
+    if type_name not in STAGE_TYPES:
+        return PROMPT_SETS
+    roles = stage_type(type_name).prompt_roles
+    declared = [field for role in ("train", "validation") for field in (
+        (roles.get(role),) if isinstance(roles.get(role), str) else roles.get(role, ()))]
+    return tuple(dict.fromkeys((*PROMPT_SETS, *declared)))
 
 
 def _cut(count: int | None, limit: int) -> int:
@@ -204,10 +217,11 @@ class _Substituter:
                 if new != params[field]:
                     body[field] = new
         endpoint_budgets = {_budget_of(model_field, params) for model_field in served} - {None}
+        prompt_sets = _prompt_sets(params.get("type") or body.get("type"))
         for field, value in params.items():
             if field.endswith("_settings") and isinstance(value, dict) and value:
                 body[field] = self.settings(f"{key}.{field}", value)
-            elif field in PROMPT_SETS and isinstance(value, dict):
+            elif field in prompt_sets and isinstance(value, dict):
                 body[field] = self.prompt_sets(f"{key}.{field}", value)
             elif field in TOKEN_BUDGETS and isinstance(value, int) and field not in endpoint_budgets:
                 set_(field, min(value, size.tokens), "token budget")
@@ -248,7 +262,7 @@ def hub_sets(raw: dict) -> list[str]:
     """The hub datasets a run file reads (prompt-set keys of the form ``owner/name[:config]``)."""
     found = []
     for body in raw.get("stages", {}).values():
-        for field in PROMPT_SETS:
+        for field in _prompt_sets(body.get("type")):
             found += [name for name in (body.get(field) or {}) if _is_hub_id(name)]
     return list(dict.fromkeys(found))
 
