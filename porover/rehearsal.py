@@ -242,6 +242,13 @@ class _Substituter:
             "min_pairs": (lambda v: min(v, 1), "a few prompts cannot give the paper's pair count"),
             "num_processes": (lambda v: min(v, size.processes), "processes on this CPU"),
         }
+        # A random-initialised stand-in refuses nothing and its refusal scores mean nothing: the direction stages'
+        # filters (keep what the model refuses, drop candidates by KL or induced refusal) would leave no prompt.
+        unrefusing = "a random-initialised stand-in refuses nothing: a filter on its refusals would keep no prompt"
+        for field in ("filter_train", "filter_val", "filter_pseudo_harmful"):
+            rules[field] = (lambda v: False, unrefusing)
+        for field in ("kl_threshold", "induce_threshold"):
+            rules[field] = (lambda v: None, "a random-initialised stand-in's scores mean nothing: no candidate filter")
         for field, (rule, why) in rules.items():
             if field in params and (params[field] is not None or field == "n_pairs"):
                 new = rule(params[field])

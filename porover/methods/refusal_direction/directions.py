@@ -22,7 +22,9 @@ from porover.generation.sampling import render_prompts
 if TYPE_CHECKING:
     import torch
 
-MARKER = "\x1fINSTRUCTION\x1f"  # a stand-in instruction no template rewrites
+# A stand-in instruction no template rewrites: no whitespace or control characters, which templates that trim
+# the message (Llama 3's `| trim`, Python's str.strip) would remove, and the marker with them.
+MARKER = "INSTRUCTION_MARKER_7f3a"
 
 
 def instruction_tail(tokenizer, system_prompt: str | None = None) -> list[int]:

@@ -67,6 +67,18 @@ def test_the_direction_is_the_difference_of_means_of_direct_forward_passes(tiny_
         candidate_directions(means, means[:, :2])
 
 
+def test_the_post_instruction_tokens_are_found_under_a_template_that_trims_messages(tiny_model):
+    """Llama 3's template trims each message (``| trim``): a marker made of strippable characters vanished with
+    it and the whole prompt was taken for the tail (found by the paper rehearsal)."""
+    import copy
+
+    _, tokenizer = tiny_model
+    trimming = copy.deepcopy(tokenizer)
+    trimming.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+                              "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert trimming.decode(instruction_tail(trimming)) == "<|im_end|>\n<|im_start|>assistant\n"
+
+
 def test_weight_orthogonalization_leaves_no_component_along_the_direction(tiny_model, means):
     model, tokenizer = tiny_model
     texts = render_prompts(tokenizer, HARMFUL[:1] + HARMLESS)
