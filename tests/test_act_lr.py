@@ -80,7 +80,7 @@ def test_default_judge_is_act_lr_and_the_old_ones_stay_selectable():
 def test_no_source_appears_on_both_sides_of_a_fold():
     table = labelled_responses()
     assert set(table["source"]) == set(SOURCES)
-    assert (table.groupby("source")["scored"].sum() >= 100).all()
+    assert (table.groupby("source")["scored"].sum() >= 150).all()
     folds = source_folds(table)
     assert [source for source, _, _ in folds] == list(SOURCES)
     for source, fit, score in folds:
