@@ -32,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "demo_results.yaml"
 # Benchmark sources (`metrics.json`'s by_benchmark keys) as the table heads name them; others keep their key.
-BENCHMARK_NAMES = {"xstest": "XSTest", "or_bench_hard": "OR-Hard", "or_bench_toxic": "OR-Toxic", "evolved": "evolved"}
+BENCHMARK_NAMES = {"xstest": "XSTest", "or_bench_hard": "OR-Hard", "or_bench_toxic": "OR-Toxic", "evolved": "evolved",
+                   "jailbreak_gptfuzz_short": "Jailbreak", "jailbreak_gptfuzz": "Jailbreak"}
 BLOCK = re.compile(r"<!-- demo:(?P<kind>[a-z]+)(?P<args>[^>]*?) -->\n(?P<body>.*?)<!-- /demo -->", re.S)
 HEADER = ("# The demo's numbers (`make demo`), the one source the docs' <!-- demo:... --> blocks are rendered from.\n"
           "# Measured fields: `python benchmarks/demo_numbers.py outputs/demo`; then `--write-docs` re-renders the pages.\n"

@@ -36,7 +36,7 @@ _EXPORTS = {
                      "refusal_share_figure"], "porover.plots"),
     "run_evaluation": "porover.stages.evaluate", "run_overgeneration": "porover.stages.overgenerate",
     "build_pairs": "porover.methods.porover.stage", "run_preference_data": "porover.methods.porover.stage",
-    "launch_command": "porover.stages.training", "run_training": "porover.stages.training",
+    "launch_command": "porover.stages.launch", "run_training": "porover.stages.launch",
     "load_sft_data": "porover.stages.sft", "run_sft": "porover.stages.sft",
     "load_pairs": "porover.stages.preference_optimization",
     "RefusalTokenParams": "porover.methods.refusal_tokens.stage", "tradeoff_curves": "porover.runs",

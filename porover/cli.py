@@ -1,4 +1,4 @@
-"""Command line: ``python -m porover run|status|validate PARAMS``, ``report RUN`` and ``judge``.
+"""Command line: ``python -m porover run|status|validate|rehearse PARAMS``, ``report RUN`` and ``judge``.
 
 Imports stay inside the commands: a mistyped argument or a validation answers without importing torch.
 """
@@ -27,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--run-name", help="folder under outputs/ (default: the file's run_name)")
     status.add_argument("--outputs", default="outputs", help="parent folder of run folders")
 
+    rehearse = commands.add_parser("rehearse", help="run a run file end to end here with stated stand-ins (tiny models, "
+                                   "a local endpoint, a few prompts), then print its full-scale costs")
+    rehearse.add_argument("params", help="run file, e.g. params/paper.yaml")
+    rehearse.add_argument("--prompts", type=int, default=2, help="prompts per prompt set")
+    rehearse.add_argument("--tokens", type=int, default=8, help="generation token budgets")
+    rehearse.add_argument("--outputs", default="outputs", help="parent folder of run folders")
+
     check = commands.add_parser("validate", help="validate a parameters file without running anything")
     check.add_argument("params")
 
@@ -47,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from porover.runner import run_pipeline
 
+            from porover.spending import spending_lines
+
             manifest = run_pipeline(args.params, stages=args.stages, run_name=args.run_name,
                                     force=args.force, outputs=args.outputs)
+            if lines := spending_lines(manifest):  # shown whether the run finished or stopped at a cap
+                print("\nendpoint cost (USD)\n" + "\n".join(lines))
             failed = [s for s in manifest["stages"].values() if s["status"] == "failed"]
             if failed:
                 return 1
@@ -68,11 +79,25 @@ def main(argv: list[str] | None = None) -> int:
             for stage, state in stage_status(params, run_name, outputs).items():
                 print(f"{stage:24s} {state}")
             return 0
+        if args.command == "rehearse":
+            from porover.rehearsal import Size, rehearse as rehearse_file
+
+            manifest = rehearse_file(args.params, Size(prompts=args.prompts, tokens=args.tokens), outputs=args.outputs)
+            failed = [s for s, r in manifest["stages"].items() if r["status"] == "failed"]
+            print(f"rehearsal of {args.params}: " + (f"FAILED at {', '.join(failed)}" if failed else
+                                                      f"every stage finished ({manifest['run_dir']})"))
+            return 1 if failed else 0
         if args.command == "validate":
             from porover.run_file import load_run_params
 
             run_params = load_run_params(args.params, environment=False)
             print(f"{args.params}: valid; stages: {', '.join(run_params.stages)}")
+            from porover.runner import estimated_usd
+
+            for stage, usd in estimated_usd(run_params).items():
+                cap = run_params.stages[stage].params.get("max_cost_usd")
+                print(f"  {stage}: worst-case endpoint cost ${usd:,.2f}" + (f" (cap ${cap:,.2f})" if cap is not None
+                                                                             else " (no cap: max_cost_usd)"))
             try:
                 load_run_params(args.params)
             except ValueError as error:  # the file is right; this machine lacks something to run it

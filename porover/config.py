@@ -105,6 +105,8 @@ class Settings:
         for name, spec in fields.items():
             errors += constraint_errors(getattr(params, name), spec.metadata, f"{where}.{name}")
         errors += secret_errors(values, where) + params.problems(where)
+        if isinstance(params, SpendingParams):
+            errors += params.spending_problems(where)
         return params, errors + (params.environment_problems(where) if environment else [])
 
     @classmethod
@@ -142,6 +144,20 @@ class StageParams(Settings):
         """The folder this stage writes to: ``run_dir/stage_name``, a relative run folder under the project root."""
         run_dir = Path(self.run_dir).expanduser()
         return (run_dir if run_dir.is_absolute() else project_root() / run_dir) / self.stage_name
+
+    def lock_run_folder(self) -> "StageParams":
+        """Become the run folder's one writer for the rest of this process (a notebook's validation cell calls it).
+
+        Under the runner this joins the runner's lock (the kernel inherits its token); a notebook run by hand
+        takes the lock itself and holds it until its kernel shuts down (`porover.run_lock`).
+
+        Raises:
+            porover.run_lock.RunLocked: Another writer (a ``porover run``, another kernel) holds the folder.
+        """
+        from porover.run_lock import describe_process, hold_run_lock
+
+        hold_run_lock(self.stage_dir.parent, f"stage {self.stage_name!r} in {describe_process()}")
+        return self
 
     @property
     def store_dir(self) -> Path:
@@ -184,6 +200,30 @@ class EndpointParams:
         return [f"{where}.api_key_env: {endpoint} is called with the key in the environment variable "
                 f"{self.api_key_env}, which is not set; set it, or give api_key_env: '' for a local server that "
                 "needs no key"]
+
+
+@dataclass
+class SpendingParams:
+    """The cost cap of a stage that may call a priced endpoint (teacher, LLM judges, EvoRefuse's mutator).
+
+    Checked before a run against the stage's worst-case estimate (`porover.spending.cap_errors`) and while it
+    runs against the usage the API reports (`porover.spending.Budget`). Neither changes what the stage writes,
+    so changing them re-runs nothing.
+    """
+
+    max_cost_usd: float | None = param(None, "stop the stage before its endpoint calls cost more than this many USD "
+                                             "(at prices; counted across resumes; null = no cap)", ge=0)
+    prices: dict[str, list[float]] = param({}, "USD per million input and output tokens of each endpoint model, "
+                                               "e.g. {gpt-4o: [2.5, 10.0]} (a run file's top-level prices fill it)")
+
+    def price_table(self) -> dict[str, list[float]]:
+        """Model -> [input, output] USD per million tokens, for this stage's budget."""
+        return dict(self.prices)
+
+    def spending_problems(self, where: str) -> list[str]:
+        """Prices that are not two non-negative numbers."""
+        return [f"{where}.prices.{model}: expected [USD per 1M input tokens, USD per 1M output tokens], got {pair!r}"
+                for model, pair in self.prices.items() if len(pair) != 2 or min(pair) < 0]
 
 
 def looks_like_secret(value: object) -> bool:
@@ -256,10 +296,13 @@ def constraint_errors(value, metadata: typing.Mapping, where: str) -> list[str]:
 
 
 def ordered_fields(cls: type) -> list[dataclasses.Field]:
-    """A stage's own fields first, then the run-wide ones of `StageParams` (as a reader wants them)."""
+    """A stage's own fields first, then its cost cap (`SpendingParams`), then the run-wide ones of `StageParams`
+    (as a reader wants them)."""
     base = {f.name for f in dataclasses.fields(StageParams)}
+    spending = {f.name for f in dataclasses.fields(SpendingParams)}
     fields = dataclasses.fields(cls)
-    return [f for f in fields if f.name not in base] + [f for f in fields if f.name in base]
+    return ([f for f in fields if f.name not in base | spending] + [f for f in fields if f.name in spending]
+            + [f for f in fields if f.name in base])
 
 
 def parameters_cell(cls: type) -> str:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 import random
 import re
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
+
+from porover.store import read_text
 
 DATA_DIR = Path(__file__).parent / "data"
 _COLUMNS = ("id", "prompt", "label", "category", "source")
@@ -30,16 +33,54 @@ def _row(id_: Any, prompt: str, label: str | None, category: str | None = None, 
     return {"id": str(id_), "prompt": prompt.strip(), "label": label, "category": category, **extra}
 
 
+_CSV_FORM = ("expected a header line, then one row per line with the header's columns (a field holding a comma, "
+             "a quote or a line break is quoted: \"...\")")
+
+
 def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """Rows of a UTF-8 CSV file with a header; a row with more or fewer fields than the header is an error.
+
+    Raises:
+        ValueError: Undecodable bytes or a malformed row, naming the file, the line and the expected form.
+    """
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    rows: list[dict] = []
+    try:
+        header = next(reader, None)
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{path}: line {reader.line_num} has {len(fields)} field(s), the header has "
+                                 f"{len(header)} ({', '.join(header)}); {_CSV_FORM}")
+            rows.append(dict(zip(header, fields)))
+    except csv.Error as error:
+        raise ValueError(f"{path}: line {reader.line_num}: not valid CSV ({error}); {_CSV_FORM}") from None
+    return rows
 
 
 def _read_json(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
+    """A JSON file's value, or a JSONL file's objects (one per line; blank lines skipped).
+
+    Raises:
+        ValueError: Undecodable bytes or invalid JSON, naming the file, the line and the expected form.
+    """
+    text = read_text(path)
     if path.suffix.lower() == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}: line {number}, column {error.colno}: not valid JSON ({error.msg}); "
+                                     "expected one JSON object per line, e.g. {\"prompt\": \"...\"}") from None
+        return records
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}, column {error.colno}: not valid JSON ({error.msg}); expected "
+                         "a list of objects, e.g. [{\"prompt\": \"...\"}]") from None
 
 
 def _hash_split(prompt: str) -> str:
@@ -122,6 +163,40 @@ def _hh_rlhf_harmless() -> list[dict]:
     return rows
 
 
+JAILBREAK_PLACEHOLDER = "[INSERT PROMPT HERE]"  # GPTFuzz's (gptfuzzer/utils/template.py)
+
+
+def _jailbreak(templates_file: str) -> list[dict]:
+    """Every HarmBench *test* behaviour wrapped in every GPTFuzz template (gptfuzz/SOURCE.md), labelled unsafe."""
+    templates = [(r.get("id") or str(i), r["text"]) for i, r in enumerate(_read_csv(DATA_DIR / "gptfuzz" / templates_file))]
+    questions = [r for r in _harmbench() if r["split"] == "test"]
+    return [_row(f"{template_id}/{q['id']}", text.replace(JAILBREAK_PLACEHOLDER, q["prompt"]), "unsafe", q["category"],
+                 template=template_id, question=q["prompt"]) for template_id, text in templates for q in questions]
+
+
+def _stratified(rows: list[dict], n: int | None, seed: int, keys: tuple[str, ...]) -> list[dict]:
+    """``n`` rows spread over the values of ``keys`` in turn: each pick is a row whose first key's value is used
+    least so far, then the second's, ...; ties broken by a shuffle seeded by ``seed``; returned in file order."""
+    import numpy as np
+
+    if n is None or n >= len(rows):
+        return rows
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    codes = [np.unique([str(rows[i][key]) for i in order], return_inverse=True)[1] for key in keys]
+    counts = [np.zeros(code.max() + 1, dtype=np.int64) for code in codes]
+    taken, weight = np.zeros(len(order), dtype=bool), n + 1
+    for _ in range(n):
+        # One number per row ranks (first key's use, second key's use, ...); argmin takes the first in shuffled order.
+        score = sum(count[code] * weight ** (len(keys) - 1 - j) for j, (count, code) in enumerate(zip(counts, codes)))
+        score[taken] = np.iinfo(np.int64).max
+        best = int(np.argmin(score))
+        taken[best] = True
+        for count, code in zip(counts, codes):
+            count[code[best]] += 1
+    return [rows[i] for i in sorted(np.asarray(order)[taken].tolist())]
+
+
 def _lines(rel: str, name: str, label: str) -> list[dict]:
     """One prompt per non-empty line of a text file."""
     lines = (DATA_DIR / rel).read_text(encoding="utf-8").splitlines()
@@ -166,8 +241,16 @@ DATASETS: dict[str, Callable[[], list[dict]]] = {
     "hh_rlhf_harmless": _hh_rlhf_harmless,
     "saferpaca_safety": _saferpaca_safety,
     "alpaca": partial(_table, "alpaca/alpaca_instructions_no_input.json", "alpaca", "instruction", None),
+    # harmful questions inside published jailbreak templates: safety under attack (gptfuzz/SOURCE.md)
+    "jailbreak_gptfuzz": partial(_jailbreak, "GPTFuzzer.csv"),
+    "jailbreak_gptfuzz_short": partial(_jailbreak, "seed_short_25.csv"),
     **{name: partial(_stl_eval, stem, name, label) for stem, (name, label) in _STL_EVAL.items()},
 }
+
+
+# Datasets whose draws are stratified by these columns in turn (`_stratified`) rather than by label.
+STRATA = {"jailbreak_gptfuzz": ("template", "category", "question"),
+          "jailbreak_gptfuzz_short": ("template", "category", "question")}
 
 
 @lru_cache(maxsize=None)
@@ -259,7 +342,8 @@ def load_rows(name: str, n: int | None = None, seed: int = 0, split: str | None 
             Face dataset id ``owner/name`` or ``owner/name:config`` (needs the hub).
         n: Number of rows to draw; ``None`` or ``n >= len`` gives every row in file order.
             Draws are deterministic in ``(name, n, seed, split)``, returned in file order,
-            and stratified 50/50 by label (odd extra to "safe") when safe and unsafe mix.
+            and stratified 50/50 by label (odd extra to "safe") when safe and unsafe mix; the
+            jailbreak benchmarks are stratified by template, then harm category, then question (`STRATA`).
         seed: Seed for ``random.Random`` used by the draw.
         split: ``None`` for all rows; otherwise a split the dataset has (``or_bench_hard``
             and ``oktest``: "train"/"val"/"test" by a stable prompt hash; ``harmbench``:
@@ -299,7 +383,7 @@ def load_rows(name: str, n: int | None = None, seed: int = 0, split: str | None 
         if split not in splits:
             raise ValueError(f"dataset {name!r} has no split {split!r}; its splits: {splits or 'none (use split=None)'}")
         rows = [r for r in rows if r.get("split") == split]
-    rows = _subsample(rows, n, seed)
+    rows = _stratified(rows, n, seed, STRATA[name]) if name in STRATA else _subsample(rows, n, seed)
     return [{**{c: row.get(c) for c in _COLUMNS}, **{k: v for k, v in row.items() if k not in _COLUMNS}, "source": source}
             for row in rows]
 

@@ -1,8 +1,11 @@
-"""Hidden states at the last prompt position: what representation analyses (MOSR, DRO) read off a model.
+"""Hidden states at the last prompt positions: what representation analyses (MOSR, DRO, the refusal direction)
+read off a model.
 
 Prompts are rendered through the chat template with the generation prompt (the model's state just before it
 answers), batched with LEFT padding so position -1 is every row's real last token, and given position ids
 counted from each row's first real token, so a padded row's states equal its un-padded forward pass.
+`last_token_states` reads the last position; `tail_states` the last few (the chat template's tokens after the
+instruction, where the refusal direction is read).
 """
 
 from __future__ import annotations
@@ -33,6 +36,25 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
     Raises:
         ValueError: A layer outside ``[-(L+1), L]`` for a model of L blocks.
     """
+    return {layer: states[:, 0] for layer, states in
+            tail_states(model, tokenizer, texts, layers, 1, batch_size, max_length).items()}
+
+
+def tail_states(model, tokenizer, texts: Sequence[str], layers: Sequence[int], positions: int = 1,
+                batch_size: int = 16, max_length: int | None = None) -> dict[int, np.ndarray]:
+    """Hidden states of ``layers`` at the last ``positions`` tokens of each already-rendered text.
+
+    Args:
+        positions: How many of the last tokens (every text must have at least this many).
+        model, tokenizer, texts, layers, batch_size, max_length: As `last_token_states`.
+
+    Returns:
+        Layer (as given) -> float32 array of shape ``(len(texts), positions, hidden_size)``; position ``j`` is
+        the text's token ``j - positions`` (the last one is ``[:, -1]``).
+
+    Raises:
+        ValueError: A layer outside ``[-(L+1), L]`` for a model of L blocks.
+    """
     import torch
 
     count = model.config.num_hidden_layers
@@ -55,14 +77,14 @@ def last_token_states(model, tokenizer, texts: Sequence[str], layers: Sequence[i
             mask = batch["attention_mask"].to(device)
             # A plain forward numbers positions 0..n-1 whatever the mask; left-padded rows need theirs to start at
             # their first real token, as generate() does.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                result = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions,
+                result = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=position_ids,
                                output_hidden_states=True, use_cache=False)
             for layer in layers:
-                out[layer].append(result.hidden_states[layer][:, -1, :].float().cpu().numpy())
+                out[layer].append(result.hidden_states[layer][:, -positions:, :].float().cpu().numpy())
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = side, truncation
     size, back = model.config.hidden_size, np.argsort(order)
-    return {layer: np.concatenate(parts)[back] if parts else np.zeros((0, size), np.float32)
+    return {layer: np.concatenate(parts)[back] if parts else np.zeros((0, positions, size), np.float32)
             for layer, parts in out.items()}

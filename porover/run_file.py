@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from porover.config import STAGE_REF, looks_like_path, referenced_stage, secret_errors
-from porover.splits import split_errors
+from porover.splits import ROLE_ATTRIBUTES, split_errors
 from porover.sweeps import Variant, expand_run_file
 
 # stage type -> module that owns its parameters (`<Name>Params`), NOTEBOOK and OUTPUTS
@@ -35,8 +35,12 @@ STAGE_TYPES = {
     "represent": "porover.methods.representations.stage",
     "mosr": "porover.methods.mosr.stage",
     "dro": "porover.methods.dro.stage",
+    "refusal_direction": "porover.methods.refusal_direction.stage",
+    "false_refusal": "porover.methods.false_refusal.stage",
 }
 RUN_KEYS = {"run_name": str, "device": str, "seed": int}  # passed to every stage that has the parameter
+# model -> [USD per 1M input tokens, per 1M output tokens], merged into every stage's own `prices` (`_share_prices`)
+PRICES_KEY = "prices"
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,15 @@ class StageType:
         params: Its parameters dataclass.
         notebook: Its notebook's file name under ``porover/notebooks``.
         outputs: Files or folders it writes under its stage folder; the first is what ``stage:NAME`` stands for.
+        prompt_roles: Which parameters name prompts it trains on, chooses on or holds out
+            (`porover.splits.ROLE_ATTRIBUTES`).
     """
 
     name: str
     params: type
     notebook: str
     outputs: tuple[str, ...]
+    prompt_roles: dict = field(default_factory=dict)
 
 
 def stage_type(name: str) -> StageType:
@@ -62,7 +69,8 @@ def stage_type(name: str) -> StageType:
     params = next(value for key, value in vars(module).items()
                   if key.endswith("Params") and isinstance(value, type) and value.__module__ == module.__name__
                   and dataclasses.is_dataclass(value) and key not in ("StageParams", "TrainingParams"))
-    return StageType(name, params, module.NOTEBOOK, tuple(module.OUTPUTS))
+    roles = {role: getattr(module, attribute) for role, attribute in ROLE_ATTRIBUTES.items() if hasattr(module, attribute)}
+    return StageType(name, params, module.NOTEBOOK, tuple(module.OUTPUTS), roles)
 
 
 @dataclass
@@ -156,8 +164,10 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
     for key, value in raw.items():
         if key == "stages":
             continue
-        if key not in RUN_KEYS:
-            errors.append(f"{path}: {key}: unknown key; expected {', '.join([*RUN_KEYS, 'stages', 'sweep'])}")
+        if key == PRICES_KEY:
+            errors += _price_errors(value, f"{path}: {key}")
+        elif key not in RUN_KEYS:
+            errors.append(f"{path}: {key}: unknown key; expected {', '.join([*RUN_KEYS, PRICES_KEY, 'stages', 'sweep'])}")
         elif not isinstance(value, RUN_KEYS[key]) or isinstance(value, bool):
             errors.append(f"{path}: {key}: expected {RUN_KEYS[key].__name__}, got {value!r}")
     shared = {k: v for k, v in raw.items() if k in RUN_KEYS and k != "run_name"}
@@ -194,10 +204,40 @@ def load_run_params(path: str | Path, environment: bool = True) -> RunParams:
                 inputs.update({f"stages.{stage}": f"{STAGE_REF}{stage}" for stage in params.stages})
             stages[name] = Stage(name, kind, flat, inputs)
     if not errors:  # training, validation and test prompts never meet
-        errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path))
+        errors = split_errors({name: (stage.type.name, stage.params) for name, stage in stages.items()}, str(path),
+                              {stage.type.name: stage.type.prompt_roles for stage in stages.values()})
+    if not errors:
+        _share_prices(stages, raw.get(PRICES_KEY) or {})
+        run = RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
+        from porover.spending import cap_errors
+
+        errors = cap_errors(run)  # a cost cap below the stage's worst case fails here, before anything runs
     if errors:
         raise ValueError("invalid parameters:\n  " + "\n  ".join(errors))
-    return RunParams(str(path), raw.get("run_name", path.stem), stages, variants)
+    return run
+
+
+def _price_errors(prices: object, where: str) -> list[str]:
+    """The top-level ``prices``: a mapping of model -> two non-negative numbers."""
+    if not isinstance(prices, dict):
+        return [f"{where}: expected a mapping of model -> [USD per 1M input tokens, USD per 1M output tokens]"]
+    return [f"{where}.{model}: expected [USD per 1M input tokens, USD per 1M output tokens], got {pair!r}"
+            for model, pair in prices.items() if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in pair))]
+
+
+def _share_prices(stages: dict[str, Stage], prices: dict) -> None:
+    """Give every stage that can be capped the file's whole price table: the top-level ``prices``, each stage's
+    own, and an overgeneration stage's ``price_per_1m_*`` as its teacher's; a stage's own entries win."""
+    table = {model: list(pair) for model, pair in prices.items()}
+    for stage in stages.values():
+        p = stage.params
+        if p.get("price_per_1m_input") is not None or p.get("price_per_1m_output") is not None:
+            table.setdefault(p["teacher"], [p.get("price_per_1m_input") or 0.0, p.get("price_per_1m_output") or 0.0])
+        table.update(p.get("prices") or {})
+    for stage in stages.values():
+        if "prices" in stage.params:
+            stage.params["prices"] = {**table, **stage.params["prices"]}
 
 
 def _model_reference_errors(params, types: dict[str, str], where: str) -> list[str]:

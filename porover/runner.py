@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -29,6 +30,8 @@ from porover.digests import digest_of, path_digest
 from porover.models import is_adapter_folder, model_digest
 from porover.progress import PLAIN_ENV
 from porover.run_file import RunParams, load_run_params
+from porover.run_lock import RunLock
+from porover.spending import SPENDING_FIELDS, ledger_spent
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "papermill", "openai",
@@ -114,15 +117,33 @@ def runs_folder(outputs: str | Path) -> Path:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2))
-    partial.replace(path)
+    """Write the manifest whole or not at all: a reader (``status``, ``report``, the browser) never sees half."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name + ".", suffix=".partial",
+                                     delete=False, encoding="utf-8") as partial:
+        partial.write(json.dumps(manifest, indent=2))
+        partial.flush()
+        os.fsync(partial.fileno())
+    os.replace(partial.name, path)
 
 
 def read_manifest(run_dir: str | Path) -> dict:
     """A run folder's manifest (an empty one for a run that never ran)."""
     path = Path(run_dir) / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def estimated_usd(run: RunParams) -> dict[str, float]:
+    """Per stage that calls a priced endpoint, its worst-case cost in USD (`porover.costs`); empty without prices."""
+    if not any(stage.params.get("prices") for stage in run.stages.values()):
+        return {}
+    from porover.costs import estimate_costs
+
+    return {cost.stage: round(cost.usd, 4) for cost in estimate_costs(run) if cost.api_calls and cost.usd is not None}
+
+
+def params_digest(params: dict) -> str:
+    """A digest of what a stage's parameters make it write: a cost cap or a price changes nothing written."""
+    return digest_of({key: value for key, value in params.items() if key not in SPENDING_FIELDS})
 
 
 def input_digests(run: RunParams, stage: str, run_dir: Path) -> dict[str, str | None]:
@@ -149,7 +170,7 @@ def stale_reasons(run: RunParams, stage: str, run_dir: Path, record: dict) -> li
     if record.get("status") != "finished":
         return [f"last run {record.get('status', 'unknown')}"]
     reasons = []
-    if record.get("params_digest") != digest_of(run.stages[stage].params):
+    if record.get("params_digest") != params_digest(run.stages[stage].params):
         reasons.append("parameters changed")
     if record.get("notebook_digest") != notebook_digest(NOTEBOOK_DIR / run.stages[stage].type.notebook):
         reasons.append("notebook changed")
@@ -243,6 +264,8 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
     Raises:
         ValueError: Invalid parameters, unknown stage names, or a stage whose input stage never ran,
             before anything runs.
+        porover.run_lock.RunLocked: Another writer holds the run folder (the message names it), before
+            anything runs.
     """
     run = load_run_params(params_path)
     unknown = [s for s in stages or [] if s not in run.stages]
@@ -255,6 +278,12 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
                if target not in selected and not run.output(run_dir, target).exists()]
     if missing:
         raise ValueError(f"{params_path}: " + "; ".join(missing))
+    with RunLock(run_dir, f"porover run {params_path}"):  # one writer; the kernels it starts share the lock
+        return _run_stages(run, params_path, selected, run_dir, force)
+
+
+def _run_stages(run: RunParams, params_path: str, selected: list[str], run_dir: Path, force: bool) -> dict:
+    """`run_pipeline`'s work, under the run folder's lock."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = run_dir / "manifest.json"
     manifest = read_manifest(run_dir)
@@ -262,8 +291,11 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
                      "types": {s: st.type.name for s, st in run.stages.items()},
                      "sweep": [dataclasses.asdict(v) for v in run.variants],
                      "packages": package_versions(), "git_commit": git_commit(), "python": platform.python_version(),
-                     "platform": platform.platform()})
+                     "platform": platform.platform(),
+                     # CPU results repeat bit for bit only at the same thread count (docs/running.md)
+                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count()})
     shutil.copyfile(params_path, run_dir / "params.yaml")
+    estimates = estimated_usd(run)
     os.environ[PLAIN_ENV] = "1"  # inherited by the kernels papermill starts
     if not log.handlers:
         handler = _StderrHandler()
@@ -283,9 +315,11 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
         (run_dir / "params").mkdir(exist_ok=True)
         (run_dir / "params" / f"{stage}.yaml").write_text(yaml.safe_dump(params))
         record = {"type": spec.type.name, "notebook": str(executed), "log": str(log_file), "status": "running",
-                  "params_digest": digest_of(spec.params),
+                  "params_digest": params_digest(spec.params),
                   "notebook_digest": notebook_digest(NOTEBOOK_DIR / spec.type.notebook),
                   "inputs": input_digests(run, stage, run_dir), "started": datetime.now(timezone.utc).isoformat()}
+        if stage in estimates:
+            record["estimated_usd"] = estimates[stage]
         manifest["stages"][stage] = record
         _write_manifest(manifest_path, manifest)
         log.info("[%s] running (%s)", stage, "forced" if force and not reasons else "; ".join(reasons))
@@ -294,6 +328,8 @@ def run_pipeline(params_path: str, stages: list[str] | None = None, run_name: st
             error = _execute(stage, NOTEBOOK_DIR / spec.type.notebook, executed, params, log_file)
         record.update(status="failed" if error else "finished", wall_seconds=round(time.perf_counter() - start, 1),
                       peak_rss_mib=round(memory.peak_bytes / 2**20, 1), finished=datetime.now(timezone.utc).isoformat())
+        if (spent := ledger_spent(run_dir / stage)) is not None:
+            record["spent_usd"] = round(spent, 6)
         if error:
             record["error"] = error
         else:

@@ -1,8 +1,10 @@
 """Training, validation and test prompts: which stage draws which, and a check that they never meet.
 
-Three roles: the preference data *trains* on its prompts (after dropping its ``eval_sets``), an evaluation
-stage with ``split: validation`` gives the numbers a sweep *chooses* settings on, and one with
-``split: test`` (the default) gives the numbers that are *reported*. Choosing on the test prompts, or
+Three roles: a stage *trains* on prompts (the preference data, after dropping its ``eval_sets``; MOSR; the
+refusal-direction and false-refusal stages read their directions from them), an evaluation stage with
+``split: validation`` or a stage's own validation sets give the numbers settings are *chosen* on, and an
+evaluation with ``split: test`` (the default) gives the numbers that are *reported*. Each stage module declares
+which of its parameters play which role (`ROLE_ATTRIBUTES`). Choosing on the test prompts, or
 training on either, makes the reported numbers optimistic, so a run whose stages would do so is refused
 before anything runs. The vendored OR-Bench-Hard and OKTest have a ``val`` split for this, disjoint from
 ``train`` and ``test`` (`porover.data`); HarmBench has its own ``val`` split.
@@ -61,19 +63,36 @@ def _local(sets: dict) -> dict:
             and ("/" not in split_name(spec)[0] or split_name(spec)[0].endswith((".csv", ".jsonl", ".json")))}
 
 
-def split_errors(stages: dict[str, tuple[str, dict]], path: str) -> list[str]:
+# What a stage does with its prompt sets, declared in its module: TRAINING_SETS (parameters naming prompts it
+# trains on or reads a direction from), VALIDATION_SETS (prompts it chooses settings on) and HELD_OUT_SETS (the one
+# parameter naming sets it removes from its training prompts by normalised text).
+ROLE_ATTRIBUTES = {"train": "TRAINING_SETS", "validation": "VALIDATION_SETS", "held_out": "HELD_OUT_SETS"}
+
+
+def _sets(value) -> dict:
+    """A prompt-set parameter as ``name -> n``: a mapping as given, a single name (DRO's) as ``{name: None}``."""
+    if isinstance(value, dict):
+        return value
+    return {value: None} if isinstance(value, str) and value else {}
+
+
+def split_errors(stages: dict[str, tuple[str, dict]], path: str, roles: dict[str, dict] | None = None) -> list[str]:
     """Problems where training, validation and test prompts of a run meet (normalised text).
 
     Args:
         stages: Stage name -> (stage type, its validated flat parameters).
         path: The run file, named in every problem.
+        roles: Stage type -> ``{"train": keys, "validation": keys, "held_out": key}`` (`ROLE_ATTRIBUTES`, read
+            from each stage module by `porover.run_file`): training sets never meet validation or test prompts
+            (unless held out), validation sets never meet test prompts. Evaluation stages are known here.
 
     Returns:
         One problem per pair of stages that share prompts, naming the file, the stage and key, how many
         prompts and one of them.
     """
-    if not any(kind == "preference_data" or (kind == "evaluate" and params.get("split") == "validation")
-               for kind, params in stages.values()):
+    roles = roles or {}
+    if not any(roles.get(kind, {}).get("train") or roles.get(kind, {}).get("validation")
+               or (kind == "evaluate" and params.get("split") == "validation") for kind, params in stages.values()):
         return []  # nothing trains on prompts here and nothing chooses on validation: no data to load
     cache: dict[str, list[dict]] = {}
 
@@ -88,18 +107,26 @@ def split_errors(stages: dict[str, tuple[str, dict]], path: str) -> list[str]:
                    for name, (kind, params) in stages.items() if kind == "evaluate"}
     errors = []
     for name, (kind, params) in stages.items():
-        if kind != "preference_data":
-            continue
-        held = {normalise(r["prompt"]) for r in rows_of(params["eval_sets"], params["seed"])}
-        for key in ("prompts", "safety_anchor_sets"):
-            train = {normalise(r["prompt"]): r for r in rows_of(params[key], params["seed"])}
+        role = roles.get(kind, {})
+        held_key = role.get("held_out")
+        held = {normalise(r["prompt"]) for r in rows_of(_sets(params[held_key]), params["seed"])} if held_key else set()
+        for key, allowed in [(key, ("test", "validation")) for key in role.get("train", ())] + \
+                            [(key, ("test",)) for key in role.get("validation", ())]:
+            sets = _sets(params[key])
+            if key in role.get("validation", ()):  # drawn from what the stage's training sets leave: any could be
+                sets = dict.fromkeys(sets)
+            mine = {normalise(r["prompt"]): r for r in rows_of(sets, params["seed"])}
             for other, (split, prompts) in evaluations.items():
-                shared = [train[p] for p in train if p in prompts and p not in held]
-                if shared:
-                    errors.append(f"{path}: stages.{name}.{key}: {len(shared)} training prompt(s) are also {split} "
-                                  f"prompts of stage {other!r}, e.g. {shared[0]['source']}/{shared[0]['id']}: "
-                                  f"{shared[0]['prompt'][:60]!r}; add that stage's benchmarks to eval_sets or use a "
-                                  "train split")
+                shared = [mine[p] for p in mine if p in prompts and p not in held]
+                if split not in allowed or not shared:
+                    continue
+                kind_of = "training" if len(allowed) == 2 else "validation"
+                fix = f"add that stage's benchmarks to {held_key} or use a train split" if held_key else (
+                    "use a train split" if kind_of == "training" else
+                    "choose on a split the test stages never use (e.g. or_bench_hard:val, harmbench:val)")
+                errors.append(f"{path}: stages.{name}.{key}: {len(shared)} {kind_of} prompt(s) are also {split} "
+                              f"prompts of stage {other!r}, e.g. {shared[0]['source']}/{shared[0]['id']}: "
+                              f"{shared[0]['prompt'][:60]!r}; {fix}")
     for name, (split, prompts) in evaluations.items():
         if split != "validation":
             continue

@@ -8,6 +8,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+def read_text(path: str | Path) -> str:
+    """A data file's text, decoded as UTF-8 (a leading byte-order mark, as spreadsheet exports write, is dropped).
+
+    Raises:
+        ValueError: Bytes that are no UTF-8, naming the file, the line and column, and what was expected.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(f"{path}: line {line}, column {column}: byte {data[error.start:error.start + 1]!r} is not "
+                         f"UTF-8 ({error.reason}); expected UTF-8 text: save the file as UTF-8 (e.g. from a "
+                         "spreadsheet: CSV UTF-8)") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read every complete row of a JSONL file.
 
@@ -21,7 +39,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text(path).split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -31,7 +49,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
             is_last = number == len(lines)  # complete lines end with "\n", so the tail is unterminated
             if is_last:
                 break
-            raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from error
+            raise ValueError(f"{path}: line {number} is not valid JSON ({error}); expected one JSON object per "
+                             "line") from error
     return rows
 
 

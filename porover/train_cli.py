@@ -1,7 +1,7 @@
 """Entry point of a training stage under ``accelerate launch``, one process per GPU (or per CPU share).
 
 ``accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 8 -m porover.train_cli sft
-outputs/run/sft/launch_params.yaml``; `porover.stages.training.launch_command` forms it from the stage parameters.
+outputs/run/sft/launch_params.yaml``; `porover.stages.launch.launch_command` forms it from the stage parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import yaml
 def main(argv: list[str] | None = None) -> None:
     """Validate the parameters file and train the stage in this process (one rank of the launch)."""
     from porover.run_file import STAGE_TYPES, stage_type
-    from porover.stages.training import launch_device
+    from porover.stages.launch import launch_device
+    from porover.stages.training import launched_engine
 
     # Every stage type that trains (its parameters extend `porover.stages.training.TrainingParams`).
     kinds = {name: kind.params for name in STAGE_TYPES
@@ -25,9 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with open(args.params_file) as file:
         params = kinds[args.kind].from_namespace(yaml.safe_load(file), args.params_file)
-    if launch_device(params) == "cpu":
+    if launch_device(params) == "cpu" and launched_engine() != "DEEPSPEED":
         # Join the launch's process group over gloo before anything asks accelerate for its state: a
         # PartialState made without cpu=True on a machine without GPUs would train each rank alone.
+        # (DeepSpeed on the CPU joins over gloo through the trainer's ddp_backend: see trainer_config.)
         from accelerate import PartialState
 
         PartialState(cpu=True)

@@ -7,6 +7,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Test files of several minutes: handed out first, so that under `pytest -n 2 --dist loadfile` one worker runs them
+# while the other runs the rest (pytest-xdist otherwise hands files out by test count, these last).
+LONG_FILES = ("test_paper_rehearsal.py",)
+
+
+def pytest_configure(config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the collection order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

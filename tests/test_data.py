@@ -6,7 +6,7 @@ import json
 import pytest
 
 from porover import data as pdata
-from porover.data import DATA_DIR, DATASETS, known_datasets, load_prompts
+from porover.data import DATA_DIR, DATASETS, known_datasets, load_prompts, load_rows
 
 FIVE = ["id", "prompt", "label", "category", "source"]
 
@@ -18,6 +18,7 @@ EXPECTED_ROWS = {
     "alpaca": 31323, "hh_rlhf_harmless": 2178, "stl_i_alpaca": 50, "stl_i_cona": 178,
     "stl_i_controversial": 40, "stl_i_malicious_instructions": 100, "stl_i_physical_safety_safe": 100,
     "stl_i_physical_safety_unsafe": 100, "stl_q_harm": 100, "dro_harmful": 100, "dro_harmless": 100,
+    "jailbreak_gptfuzz": 77 * 159, "jailbreak_gptfuzz_short": 25 * 159,
 }
 
 
@@ -190,6 +191,44 @@ def test_bad_local_files(tmp_path):
         load_prompts(str(tmp_path / "missing.csv"))
 
 
+def test_undecodable_or_malformed_files_name_the_file_the_line_and_the_expected_form(tmp_path):
+    from porover.data import prompt_set_errors
+    from porover.store import read_jsonl
+
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt,label\nHello,safe\nCaf\xe9 au lait?,safe\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"^{latin}: line 3, column 4: byte b'\\xe9' is not UTF-8 .*save the file as UTF-8"):
+        load_rows(str(latin))
+    binary = tmp_path / "sheet.csv"
+    binary.write_bytes(b"\xff\xfeprompt\n")  # UTF-16, as some spreadsheets export
+    with pytest.raises(ValueError, match=rf"{binary}: line 1, column 1: byte b'\\xff' is not UTF-8"):
+        load_rows(str(binary))
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("prompt,label\nHello,safe\nSay hi, then bye,safe\n")
+    with pytest.raises(ValueError, match=rf"{ragged}: line 3 has 3 field\(s\), the header has 2 \(prompt, label\); "
+                                         "expected a header line.*quoted"):
+        load_rows(str(ragged))
+    lines = tmp_path / "prompts.jsonl"
+    lines.write_text('{"prompt": "a"}\n{"prompt": "b",}\n')
+    with pytest.raises(ValueError, match=rf"{lines}: line 2, column 16: not valid JSON .*one JSON object per line"):
+        load_rows(str(lines))
+    whole = tmp_path / "prompts.json"
+    whole.write_text('[\n  {"prompt": "a"},\n  {"prompt": "b"\n]')
+    with pytest.raises(ValueError, match=rf"{whole}: line 4, column 1: not valid JSON .*a list of objects"):
+        load_rows(str(whole))
+    # found by validation, before anything runs, with the run file's key
+    assert prompt_set_errors({str(latin): 2}, "run.yaml: stages.e.benchmarks") == [
+        f"run.yaml: stages.e.benchmarks.{latin}: {latin}: line 3, column 4: byte b'\\xe9' is not UTF-8 (invalid "
+        "continuation byte); expected UTF-8 text: save the file as UTF-8 (e.g. from a spreadsheet: CSV UTF-8)"]
+    sft = tmp_path / "sft.jsonl"
+    sft.write_bytes(b'{"messages": []}\n{"messages": "\xff"}\n')
+    with pytest.raises(ValueError, match=rf"{sft}: line 2, column 15: byte b'\\xff' is not UTF-8"):
+        read_jsonl(sft)
+    excel = tmp_path / "excel.csv"  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+    excel.write_bytes("prompt\nCafé?\n".encode("utf-8-sig"))
+    assert [r["prompt"] for r in load_rows(str(excel))] == ["Café?"]
+
+
 def test_rows_are_fresh_copies_of_the_cached_dataset():
     from porover.data import load_rows
 
@@ -197,3 +236,27 @@ def test_rows_are_fresh_copies_of_the_cached_dataset():
     first[0]["prompt"] = "changed"  # a caller editing its rows must not edit the loader's cache
     assert load_rows("advbench", n=5)[0]["prompt"] != "changed"
     assert load_rows("advbench", n=5) == [dict(r) for r in load_prompts("advbench", n=5)]
+
+
+@pytest.mark.parametrize("name,templates", [("jailbreak_gptfuzz", 77), ("jailbreak_gptfuzz_short", 25)])
+def test_jailbreak_benchmark_wraps_harmbench_test_questions_in_every_template(name, templates):
+    rows = pdata.load_rows(name)
+    questions = {r["prompt"]: r for r in pdata.load_rows("harmbench:test")}
+    assert len({r["template"] for r in rows}) == templates and {r["label"] for r in rows} == {"unsafe"}
+    assert {r["question"] for r in rows} == set(questions)  # test behaviours only: never a validation question
+    for row in rows[:: len(rows) // 50]:
+        assert row["question"] in row["prompt"] and pdata.JAILBREAK_PLACEHOLDER not in row["prompt"]
+        assert row["category"] == questions[row["question"]]["category"]
+        assert len(row["prompt"]) > len(row["question"]) + 200  # the template is there
+
+
+def test_jailbreak_draws_are_deterministic_and_stratified_by_template_then_category():
+    draw = pdata.load_rows("jailbreak_gptfuzz_short", n=40, seed=0)
+    assert [r["id"] for r in draw] == [r["id"] for r in pdata.load_rows("jailbreak_gptfuzz_short", n=40, seed=0)]
+    assert {r["id"] for r in draw} != {r["id"] for r in pdata.load_rows("jailbreak_gptfuzz_short", n=40, seed=1)}
+    templates, categories = Counter(r["template"] for r in draw), Counter(r["category"] for r in draw)
+    assert len(templates) == 25 and max(templates.values()) - min(templates.values()) <= 1  # 40 over 25 templates
+    assert len(categories) == 6 and max(categories.values()) - min(categories.values()) <= 1
+    assert len({r["question"] for r in draw}) == 40
+    full = pdata.load_rows("jailbreak_gptfuzz", n=77 * 2, seed=3)
+    assert set(Counter(r["template"] for r in full).values()) == {2}  # every template twice before a third use

@@ -281,6 +281,17 @@ def test_cli_errors_name_the_problem(tmp_path):
     assert "Traceback" not in missing.stderr + empty.stderr + unknown.stderr
 
 
+def test_judge_csv_names_the_line_of_undecodable_or_malformed_input(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"prompt,completion\nHi,Hello\nHow?,\xff\xfe\n")
+    with pytest.raises(ValueError, match=rf"{source}: line 3, column 6: byte b'\\xff' is not UTF-8"):
+        judge_csv(source, tmp_path / "o.csv", judge="xstest_string_match")
+    source.write_text("prompt,completion\nHi,Hello\nHow?,Fine, thanks,bye\n")
+    with pytest.raises(ValueError, match=rf"{source}: not valid CSV: .*Expected 2 fields in line 3, saw 4.*quoted"):
+        judge_csv(source, tmp_path / "o.csv", judge="xstest_string_match")
+    assert not (tmp_path / "o.csv").exists()
+
+
 def test_judge_csv_with_custom_columns(tmp_path):
     source = tmp_path / "in.csv"
     pd.DataFrame({"q": ["Why?"], "a": ["No, that is not appropriate."]}).to_csv(source, index=False)

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -26,42 +18,15 @@ pytestmark = pytest.mark.skipif(not embedded_model_available("smollm2-135m-instr
                                 reason="embedded SmolLM2 not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``transformers serve FOLDER`` on 127.0.0.1; needs ``transformers[serving]`` (fastapi, uvicorn)."""
+    """``transformers serve FOLDER`` on 127.0.0.1 (`porover.generation.serve`); needs ``transformers[serving]``."""
     pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+    from porover.generation.serve import local_server
+
     folder = resolve_model("smollm2-135m-instruct")
-    executable = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w")
-    process = subprocess.Popen(
-        [executable, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"transformers serve did not start; see {log.name}")
-                time.sleep(1)
-        yield {"base_url": url + "/v1", "model": folder}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # its own session: stops the server and nothing else
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    with local_server(folder, tmp_path_factory.mktemp("serve") / "serve.log") as base_url:
+        yield {"base_url": base_url, "model": folder}
 
 
 def test_backend_generates_and_counts_tokens(server, monkeypatch):
@@ -101,6 +66,7 @@ class FaultyProxy(ThreadingHTTPServer):
     def __init__(self, upstream: str, failures: int) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream, self.failures, self.seen, self.lock = upstream, failures, [], threading.Lock()
+        self.asked: list[dict] = []  # every request body that reached the server
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}/v1"
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -115,6 +81,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if fail:
             status, data = 500, json.dumps({"error": {"message": "injected fault", "type": "server_error"}}).encode()
         else:
+            with server.lock:
+                server.asked.append(json.loads(body))
             request = urllib.request.Request(server.upstream + self.path, data=body, method="POST",
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=300) as reply:
@@ -195,3 +163,58 @@ def test_overgeneration_stage_through_the_endpoint_records_usage_and_never_write
     assert not [path for path in written if secret.encode() in path.read_bytes()]
     out, err = capfd.readouterr()
     assert secret not in out + err
+
+
+def test_a_cost_cap_reached_mid_stage_stops_it_with_rows_kept_and_a_raised_cap_resumes_asking_nothing_twice(
+        server, proxy, tmp_path, monkeypatch, capsys):
+    """The pre-run estimate counts ~4 characters per prompt token; the served model's chat template adds a system
+    turn of its own, so each request costs more than estimated: the runtime cap, counted from the usage the
+    server reports, stops the stage part-way."""
+    from porover.cli import main
+    from porover.costs import estimate_costs
+    from porover.run_file import load_run_params
+    from porover.spending import SPENDING_FILE
+    from porover.store import read_jsonl
+
+    monkeypatch.setenv("POROVER_CACHE", str(tmp_path / "cache"))
+    counting = proxy(failures=0)
+    params = tmp_path / "capped.yaml"
+
+    def write(cap: float | None) -> None:
+        params.write_text(
+            "run_name: capped\ndevice: cpu\nstages:\n  teach:\n    type: overgenerate\n    backend: openai\n"
+            f"    teacher: {server['model']}\n    base_url: {counting.base_url}\n    api_key_env: ''\n"
+            "    general_prompts: {alpaca: 3}\n    toxic_prompts: {}\n    n_samples: 2\n    max_new_tokens: 4\n"
+            "    concurrency: 1\n    refusal_judge: xstest_string_match\n"
+            "    price_per_1m_input: 10000.0\n    price_per_1m_output: 0.0\n"
+            "    extra_body: {generation_config: '{\"do_sample\": true, \"eos_token_id\": 2, \"pad_token_id\": 2}'}\n"
+            + (f"    max_cost_usd: {cap}\n" if cap is not None else ""))
+
+    write(None)
+    estimate = estimate_costs(load_run_params(params))[0].usd  # six requests, worst case
+    write(round(1.2 * estimate, 4))  # passes validation: above the estimate
+    outputs = tmp_path / "outputs"
+    assert main(["run", str(params), "--outputs", str(outputs)]) == 1
+    printed = capsys.readouterr()
+    stage = outputs / "capped" / "teach"
+    record = json.loads((outputs / "capped" / "manifest.json").read_text())["stages"]["teach"]
+    assert record["status"] == "failed" and "BudgetExceeded" in record["error"]
+    assert "raise stages.teach.max_cost_usd and run again to resume" in record["error"]
+    kept, ledger = read_jsonl(stage / "completions.jsonl"), read_jsonl(stage / SPENDING_FILE)
+    assert 0 < len(kept) < 6 and len(ledger) == len(kept) == len(counting.asked)  # every answer stored
+    spent = sum(line["usd"] for line in ledger)
+    print(f"estimate ${estimate:.4f}, cap ${1.2 * estimate:.4f}: stopped after {len(kept)} of 6 requests, "
+          f"${spent:.4f} spent")
+    assert spent == pytest.approx(sum(line["prompt_tokens"] for line in ledger) * 10000 / 1e6)
+    assert record["spent_usd"] == pytest.approx(spent) and record["estimated_usd"] == pytest.approx(estimate, rel=1e-3)
+    assert "endpoint cost (USD)" in printed.out and f"cap ${1.2 * estimate:,.2f}" in printed.out
+
+    write(100)  # the cap raised: the stage resumes from its stores and its ledger
+    assert main(["run", str(params), "--outputs", str(outputs)]) == 0, capsys.readouterr().err[-3000:]
+    completions = read_jsonl(stage / "completions.jsonl")
+    assert len(completions) == 6 and len(read_jsonl(stage / SPENDING_FILE)) == 6
+    asked = [json.dumps([body["messages"], body.get("seed")]) for body in counting.asked]
+    assert len(asked) == 6 and len(set(asked)) == 6  # nothing asked twice
+    manifest = json.loads((outputs / "capped" / "manifest.json").read_text())
+    assert manifest["stages"]["teach"]["spent_usd"] == pytest.approx(
+        sum(line["usd"] for line in read_jsonl(stage / SPENDING_FILE)))

@@ -181,3 +181,19 @@ def test_report_never_deletes_a_folder_that_is_not_a_report(payload_run):
     assert (payload_run / "manifest.json").exists()
     first = build_report([payload_run], out=payload_run / "report")
     assert build_report([payload_run], out=payload_run / "report") == first  # an earlier report is replaced
+
+
+def test_report_shows_each_stages_spent_and_estimated_endpoint_cost(payload_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "payloads"
+    shutil.copytree(payload_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["base"].update(spent_usd=0.8123, estimated_usd=0.89)
+    manifest.setdefault("params", {})["base"] = {"max_cost_usd": 1.07}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    text = build_report([run], tmp_path / "report").read_text()
+    assert "Endpoint cost (USD)" in text
+    assert "<tr><td>base</td><td>0.8123</td><td>0.89</td><td>1.07</td></tr>" in text
+    assert "Endpoint cost" not in build_report([payload_run], tmp_path / "plain").read_text()  # none spent: no table

@@ -9,13 +9,13 @@ with Llama Guard 3-8B's real template on a tiny model whose answer is "\n\n unsa
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 
 from porover.judges import safety
 from porover.models import embedded_model_available, load_model, resolve_model
+from porover.standins import LLAMA3_DIR
 
 pytestmark = pytest.mark.skipif(not embedded_model_available("smollm2-135m-instruct"),
                                 reason="embedded SmolLM2 not installed")
@@ -90,9 +90,9 @@ def test_unknown_safety_judge():
         safety.judge_safety(["p"], ["r"], judge="x")
 
 
-# --- Llama Guard 3's real chat template (tests/fixtures/README.md says where it comes from) -------------
+# --- Llama Guard 3's real chat template (vendored for the rehearsal stand-ins; its SOURCE.md says from where) ---
 
-LLAMA_GUARD_3_TEMPLATE = (Path(__file__).parent / "fixtures" / "llama_guard_3_8b_chat_template.jinja").read_text()
+LLAMA_GUARD_3_TEMPLATE = (LLAMA3_DIR / "llama_guard_3_8b_chat_template.jinja").read_text()
 
 
 def bigram_guard(tokenizer, transitions: dict[int, int], default: int, strength: float = 4.0):

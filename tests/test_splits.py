@@ -46,3 +46,27 @@ def test_preference_data_prompts_must_not_be_validation_or_test_prompts(tmp_path
     # the train split never meets val or test
     train = {normalise(r["prompt"]) for r in load_sets({"or_bench_hard:train": None}, 0)}
     assert not train & {normalise(r["prompt"]) for r in load_sets({"or_bench_hard:val": None, "or_bench_hard:test": None}, 0)}
+
+
+def test_direction_stages_read_and_choose_only_on_prompts_no_test_stage_uses(tmp_path):
+    direction = {"type": "refusal_direction", "harmful": {"harmbench:val": None}, "harmless": {"alpaca": 8},
+                 "harmful_val": {"harmbench:test": 5}, "validation": {"or_bench_hard:test": 10, "harmbench:val": 5}}
+    surgical = {"type": "false_refusal", "pseudo_harmful": {"xstest_safe": 10}, "validation": {"harmbench:val": 5}}
+    stages = {"evaluate_val": evaluate({"harmbench:val": None}, "validation"),
+              "evaluate": evaluate({"or_bench_hard:test": None, "harmbench:test": None, "xstest": None}),
+              "refusal_direction": direction, "false_refusal": surgical}
+    with pytest.raises(ValueError) as error:
+        load_run_params(run_file(tmp_path, stages))
+    message = str(error.value)
+    assert ("stages.refusal_direction.harmful: 41 training prompt(s) are also validation prompts of stage "
+            "'evaluate_val'") in message
+    # held-out sets are drawn from what the training sets leave: every prompt of the set counts
+    assert "stages.refusal_direction.harmful_val: 159 validation prompt(s) are also test prompts of stage 'evaluate'" \
+        in message
+    assert "stages.refusal_direction.validation: 627 validation prompt(s) are also test prompts" in message
+    assert "stages.false_refusal.pseudo_harmful: 10 training prompt(s) are also test prompts" in message
+    assert message.count("stages.") == 4  # choosing on validation prompts a validation stage also uses is fine
+    fixed = {**direction, "harmful": {"advbench": 8}, "harmful_val": {"harmbench:val": 5},
+             "validation": {"or_bench_hard:val": 10, "harmbench:val": 5}}
+    load_run_params(run_file(tmp_path, {**stages, "refusal_direction": fixed,
+                                        "false_refusal": {**surgical, "pseudo_harmful": {"or_bench_hard:train": 10}}}))

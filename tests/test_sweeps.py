@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from porover.run_file import load_run_params
-from porover.runner import input_digests, notebook_digest, NOTEBOOK_DIR, output_digest, run_pipeline, stage_status
+from porover.runner import (NOTEBOOK_DIR, input_digests, notebook_digest, output_digest, params_digest, run_pipeline,
+                            stage_status)
 from porover.digests import digest_of
 from porover.sweeps import expand, variant_specs
 
@@ -116,7 +117,7 @@ def finish(run_file: Path, outputs: Path, stages: list[str] | None = None, inter
                 target.mkdir(parents=True, exist_ok=True)
                 (target / "model.safetensors").write_text(json.dumps([spec.params, input_digests(run, stage, run_dir)]))
         manifest["stages"][stage] = {"status": "running" if stage == interrupted else "finished",
-                                     "params_digest": digest_of(spec.params),
+                                     "params_digest": params_digest(spec.params),
                                      "notebook_digest": notebook_digest(NOTEBOOK_DIR / spec.type.notebook),
                                      "inputs": input_digests(run, stage, run_dir),
                                      "outputs": output_digest(run, stage, run_dir)}

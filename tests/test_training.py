@@ -1,5 +1,6 @@
 """The training stages: real TRL steps on the embedded model at tiny sizes, resume, validation, launch command."""
 
+import importlib.util
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from porover.models import load_model
 from porover.run_file import load_run_params
 from porover.stages.preference_optimization import PreferenceOptimizationParams, run_preference_optimization
 from porover.stages.sft import SFTParams, run_sft
-from porover.stages.training import launch_command, run_training
+from porover.stages.launch import launch_command, launch_env, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(max_steps=2, per_device_train_batch_size=2, max_length=64, save_steps=1, device="cpu", learning_rate=1e-4)
@@ -166,11 +167,20 @@ def test_launch_command_runs_the_same_parameters_under_accelerate(tmp_path, sft_
     dpo = PreferenceOptimizationParams(num_processes=2, accelerate_config=str(ROOT / "configs/accelerate/ddp.yaml"),
                                        run_dir=str(tmp_path))
     assert launch_command(dpo)[-2:] == ["preference_optimization", str(tmp_path / "preference_optimization" / "launch_params.yaml")]
-    # On the CPU, ddp means DDP over gloo (ddp_cpu.yaml); the sharded configs need GPUs.
+    # On the CPU, ddp means DDP over gloo (ddp_cpu.yaml); FSDP needs accelerators; DeepSpeed needs the package.
     on_cpu = SFTParams(**{**params.__dict__, "device": "cpu", "accelerate_config": "ddp"})
     assert launch_command(on_cpu)[3] == str(ROOT / "porover" / "configs" / "accelerate" / "ddp_cpu.yaml")
-    with pytest.raises(ValueError, match="'fsdp' shards the model over GPUs; on the CPU give 'ddp'"):
+    with pytest.raises(ValueError, match="'fsdp' asks for FSDP, which accelerate runs on GPUs .* only, never on CPU "
+                                         "ranks; on the CPU give 'ddp'"):
         launch_command(SFTParams(**{**params.__dict__, "device": "cpu"}))
+    zero3 = SFTParams(**{**params.__dict__, "device": "cpu", "accelerate_config": "deepspeed_zero3"})
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ValueError, match="'deepspeed_zero3' asks for DeepSpeed, which is not installed here"):
+            launch_command(zero3)
+    else:
+        assert launch_command(zero3)[3].endswith("deepspeed_zero3.yaml")
+        assert "ACCELERATE_USE_CPU" not in launch_env(zero3)  # accelerate's CPU mode would turn DeepSpeed off
+    assert launch_env(on_cpu)["ACCELERATE_USE_CPU"] == "true"
 
     launched = []
 
@@ -179,7 +189,7 @@ def test_launch_command_runs_the_same_parameters_under_accelerate(tmp_path, sft_
         assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT) and log_file == tmp_path / "sft" / "launch.log"
         (tmp_path / "sft" / "training_log.json").write_text(json.dumps({"global_step": 7}))
 
-    monkeypatch.setattr("porover.stages.training._launch", fake_launch)
+    monkeypatch.setattr("porover.stages.launch._launch", fake_launch)
     assert run_training(params) == {"global_step": 7} and launched == [command]
     # The entry point the ranks run validates the parameters file before training.
     from porover.train_cli import main
@@ -252,6 +262,69 @@ def test_dpo_on_two_cpu_processes_trains_what_one_process_trains(tmp_path, pairs
                                                     run_dir=str(tmp_path / "two")))
     _assert_two_processes_trained_what_one_did(one, two, tmp_path / "two" / "preference_optimization")
     assert "rewards/margins" in two["log_history"][0]
+
+
+def _pre_empted_launch(params) -> str:
+    """Launch the stage on two processes as `run_training` does; once its step-2 checkpoint is whole, SIGKILL one
+    rank, then the launcher, then what is left of the job (a pre-empted job: the scheduler kills it all).
+    Returns the launch's output."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    command, log_file = launch_command(params), params.stage_dir / "launch.log"
+    with open(log_file, "wb") as log:
+        launcher = subprocess.Popen(command, env=launch_env(params), stdout=log, stderr=subprocess.STDOUT)
+    saved, deadline = params.stage_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json", time.monotonic() + 600
+    while not saved.is_file():
+        assert launcher.poll() is None and time.monotonic() < deadline, log_file.read_text()[-3000:]
+        time.sleep(0.05)
+    job = psutil.Process(launcher.pid).children(recursive=True)
+    ranks = sorted((p for p in job if "porover.train_cli" in " ".join(p.cmdline())), key=lambda p: p.pid)
+    assert len(ranks) == 2, [p.cmdline() for p in job]
+    ranks[1].send_signal(signal.SIGKILL)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    for process in job:  # the surviving rank would wait for its dead peer until gloo's timeout
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(job, timeout=30)
+    return log_file.read_text()
+
+
+@pytest.mark.parametrize("kind", ["sft", pytest.param("dpo", marks=pytest.mark.slow)])
+def test_a_pre_empted_two_process_run_resumes_to_what_an_uninterrupted_one_trains(tmp_path, sft_file, pairs_file,
+                                                                                   kind):
+    from safetensors.torch import load_file
+
+    stage, data = (SFTParams, {"data": str(sft_file)}) if kind == "sft" else \
+        (PreferenceOptimizationParams, {"pairs": str(pairs_file)})
+    values = {**TWO, **data, "max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 2, "num_processes": 2}
+    whole = run_training(stage(**values, run_dir=str(tmp_path / "whole")))
+    params = stage(**values, run_dir=str(tmp_path / "killed"))
+    output = _pre_empted_launch(params)
+    assert not (params.stage_dir / "training_log.json").exists(), output[-3000:]  # killed before it finished
+    partial = params.stage_dir / "checkpoints" / "checkpoint-5"  # as if killed while saving a checkpoint
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"cut short")
+    resumed = run_training(params)
+    assert "checkpoint-5: incomplete" in (params.stage_dir / "launch.log").read_text()
+    assert re.search(r"checkpoint-[24]$", resumed["resumed_from"]), resumed["resumed_from"]
+    assert resumed["global_step"] == whole["global_step"] == 4 and resumed["num_processes"] == 2
+    losses = [{h["step"]: h["loss"] for h in log["log_history"] if "loss" in h} for log in (whole, resumed)]
+    print(f"{kind}: uninterrupted losses {losses[0]}; resumed from {resumed['resumed_from']}: {losses[1]}")
+    assert list(losses[1]) == list(losses[0]) == [1, 2, 3, 4]
+    assert list(losses[1].values()) == pytest.approx(list(losses[0].values()), rel=1e-4)
+    a, b = [load_file(folder / "model" / "adapter_model.safetensors")
+            for folder in (tmp_path / "whole" / params.stage_name, params.stage_dir)]
+    moved = max(w.abs().max().item() for k, w in a.items() if "lora_B" in k)  # B starts at zero
+    apart = max((w - b[k]).abs().max().item() for k, w in a.items())
+    print(f"{kind}: largest adapter weight {moved:.3g}; largest uninterrupted vs resumed difference {apart:.3g}")
+    assert moved > 0 and apart <= 1e-3 * moved, (apart, moved)
 
 
 def test_a_failed_launch_shows_the_failing_rank_error(tmp_path, sft_file):

@@ -82,14 +82,16 @@ def generate_responses(backend, rows: Sequence[dict], store: JsonlStore, samplin
     if todo:
         seeds = [row_seed(sampling.seed, row["source"], row["id"], 0) for row in todo]
         pending = []
-        for index, text, count, finish in backend.generate([row["prompt"] for row in todo], sampling, desc=desc,
-                                                           seeds=seeds):
-            pending.append({**todo[index], "response": text, "new_tokens": count, "finish_reason": finish,
-                            "backend": backend.name, "sampling": {**asdict(sampling), "seed": seeds[index]}})
-            if len(pending) >= getattr(backend, "batch_size", 1):
-                store.append(pending)
-                pending = []
-        store.append(pending)
+        try:
+            for index, text, count, finish in backend.generate([row["prompt"] for row in todo], sampling, desc=desc,
+                                                               seeds=seeds):
+                pending.append({**todo[index], "response": text, "new_tokens": count, "finish_reason": finish,
+                                "backend": backend.name, "sampling": {**asdict(sampling), "seed": seeds[index]}})
+                if len(pending) >= getattr(backend, "batch_size", 1):
+                    store.append(pending)
+                    pending = []
+        finally:  # stopped (a cost cap, an error): what was answered is kept
+            store.append(pending)
     by_key = {response_key(row): row for row in store.rows}
     return [by_key[response_key(row)] for row in rows]
 
@@ -167,22 +169,26 @@ def sample_completions(backend, rows: list[dict], store: JsonlStore, sampling: S
 
         seed_of = lambda row, s: row_seed(sampling.seed, row["source"], row["id"], s)  # noqa: E731
         fresh = [row for row in rows if all(missing(row, s) for s in range(n_samples))]
-        if n_samples > 1 and fresh and hasattr(backend, "generate_samples"):
-            # One request per prompt for all its samples, seeded by the prompt (recorded as sample -1's seed).
-            seeds = [seed_of(row, -1) for row in fresh]
-            for index, s, text, tokens, finish in backend.generate_samples(
-                    [r["prompt"] for r in fresh], n_samples, sampling, desc=desc, seeds=seeds):
-                add(fresh[index], s, text, tokens, finish, seeds[index])
+        try:
+            if n_samples > 1 and fresh and hasattr(backend, "generate_samples"):
+                # One request per prompt for all its samples, seeded by the prompt (recorded as sample -1's seed).
+                seeds = [seed_of(row, -1) for row in fresh]
+                for index, s, text, tokens, finish in backend.generate_samples(
+                        [r["prompt"] for r in fresh], n_samples, sampling, desc=desc, seeds=seeds):
+                    add(fresh[index], s, text, tokens, finish, seeds[index])
+                store.append(pending)
+                pending.clear()
+            for s in range(n_samples):  # every sample still missing, one pass per sample index
+                todo = [row for row in rows if missing(row, s)]
+                seeds = [seed_of(row, s) for row in todo]
+                for index, text, tokens, finish in backend.generate([r["prompt"] for r in todo], sampling,
+                                                                    seeds=seeds,
+                                                                    desc=f"{desc} [sample {s + 1}/{n_samples}]"):
+                    add(todo[index], s, text, tokens, finish, seeds[index])
+                store.append(pending)
+                pending.clear()
+        finally:  # stopped (a cost cap, an error): what was answered is kept
             store.append(pending)
-            pending.clear()
-        for s in range(n_samples):  # every sample still missing, one pass per sample index
-            todo = [row for row in rows if missing(row, s)]
-            seeds = [seed_of(row, s) for row in todo]
-            for index, text, tokens, finish in backend.generate([r["prompt"] for r in todo], sampling, seeds=seeds,
-                                                                desc=f"{desc} [sample {s + 1}/{n_samples}]"):
-                add(todo[index], s, text, tokens, finish, seeds[index])
-            store.append(pending)
-            pending.clear()
     by_key = {completion_key(row): row for row in store.rows if row["config"] == config}
     return [by_key[(config, r["source"], r["id"], s)] for r in rows for s in range(n_samples)
             if (config, r["source"], r["id"], s) in by_key]

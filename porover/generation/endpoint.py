@@ -50,19 +50,31 @@ class OpenAIBackend:
         self._lock = threading.Lock()
 
     def _complete(self, prompt: str, sampling: Sampling, seed: int) -> tuple[str, int, dict | None, str | None]:
+        from porover.spending import active_budget
+
         options = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if sampling.temperature > 0:
             options["seed"] = seed
         if sampling.max_new_tokens is not None:  # None: the endpoint's own default, as e.g. OR-Bench's judge
             options["max_tokens"] = sampling.max_new_tokens
-        reply = self.client.chat.completions.create(
-            model=self.model, messages=to_messages(prompt, sampling.system_prompt), extra_body=self.extra_body,
-            **options,
-        )
+        budget = active_budget()  # the running stage's cost cap: a request past it is never sent
+        request_text = (sampling.system_prompt or "") + prompt
+        held = budget.reserve(self.model, request_text, sampling.max_new_tokens) if budget else 0.0
+        try:
+            reply = self.client.chat.completions.create(
+                model=self.model, messages=to_messages(prompt, sampling.system_prompt), extra_body=self.extra_body,
+                **options,
+            )
+        except BaseException:
+            if budget:
+                budget.release(held)
+            raise
         choice = reply.choices[0]
         text = choice.message.content or ""
         usage = reply.usage
         completion_tokens = usage.completion_tokens if usage else 0
+        if budget:
+            budget.settle(held, self.model, request_text, usage.prompt_tokens if usage else 0, completion_tokens)
         with self._lock:
             self.usage["requests"] += 1
             if usage:
@@ -78,21 +90,38 @@ class OpenAIBackend:
         Results come in completion order, not prompt order; the index says which prompt each answers.
         ``finish_reason`` is the endpoint's (``"stop"``, ``"length"``, ``"content_filter"``...). With
         ``temperature > 0`` each request carries its prompt's seed (``seeds``; None: ``sampling.seed`` for all).
+
+        Raises:
+            porover.spending.BudgetExceeded: The running stage's cost cap stopped further requests; raised
+                after every request already sent has been answered and yielded.
         """
-        from concurrent.futures import ThreadPoolExecutor, as_completed
+        from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+
+        from porover.spending import BudgetExceeded
 
         seeds = [sampling.seed] * len(prompts) if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        stopped = None
         with ThreadPoolExecutor(max_workers=self.batch_size) as pool, \
                 progress(total=len(prompts), desc=desc, unit="prompt") as bar:
             futures = {pool.submit(self._complete, prompt, sampling, seed): i
                        for i, (prompt, seed) in enumerate(zip(prompts, seeds))}
             try:
                 for future in as_completed(futures):
-                    text, count, self.last_usage, finish = future.result()
+                    try:
+                        text, count, self.last_usage, finish = future.result()
+                    except CancelledError:
+                        continue
+                    except BudgetExceeded as error:  # at the cap: send nothing more, but keep what is in flight
+                        stopped = stopped or error
+                        for queued in futures:
+                            queued.cancel()
+                        continue
                     bar.update(1)
                     yield futures[future], text, count, finish
             finally:
                 for future in futures:  # a consumer that stops early should not wait for the whole queue
                     future.cancel()
+        if stopped is not None:  # every answered request was yielded (and stored) first
+            raise stopped

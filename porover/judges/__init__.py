@@ -190,9 +190,14 @@ def judge_csv(input: str | Path, output: str | Path, judge: str | None = None, p
 
     Raises:
         FileNotFoundError: ``input`` does not exist.
-        ValueError: Unknown judge, a missing column, or an input with no rows.
+        ValueError: Unknown judge, a missing column, an input with no rows, or one that is not UTF-8 CSV (the
+            message names the file and the line).
     """
+    import io
+
     import pandas as pd
+
+    from porover.store import read_text
 
     judge = judge or DEFAULT_JUDGE
     if judge not in JUDGES:
@@ -201,9 +206,13 @@ def judge_csv(input: str | Path, output: str | Path, judge: str | None = None, p
     if not input.is_file():
         raise FileNotFoundError(f"input file {str(input)!r} does not exist")
     try:
-        table = pd.read_csv(input, dtype=str, keep_default_na=False)
+        table = pd.read_csv(io.StringIO(read_text(input)), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"input file {str(input)!r} is empty") from None
+    except pd.errors.ParserError as error:  # pandas names the line: "Expected 2 fields in line 3, saw 4"
+        raise ValueError(f"{input}: not valid CSV: {str(error).strip()}; expected a header line, then one row per "
+                         "line with the header's columns (a field holding a comma, a quote or a line break is "
+                         'quoted: "...")') from None
     missing = [column for column in (prompt_column, response_column) if column not in table.columns]
     if missing:
         raise ValueError(f"input file {str(input)!r} has no column {', '.join(map(repr, missing))}; "

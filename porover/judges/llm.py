@@ -163,14 +163,16 @@ def cached_generate(judge: str, settings: dict, pairs: Sequence[tuple[str, str]]
     if todo:
         backend = make()
         fresh = []
-        for index, text, _, _ in backend.generate([texts[i] for i in todo], sampling, desc=f"judge: {judge}"):
-            outputs[todo[index]] = text
-            fresh.append((keys[todo[index]], {"raw": text}))
-            if store is not None and len(fresh) >= 32:  # flush as we go: a killed run keeps what it judged
+        try:
+            for index, text, _, _ in backend.generate([texts[i] for i in todo], sampling, desc=f"judge: {judge}"):
+                outputs[todo[index]] = text
+                fresh.append((keys[todo[index]], {"raw": text}))
+                if store is not None and len(fresh) >= 32:  # flush as we go: a killed run keeps what it judged
+                    store.put_many(fresh)
+                    fresh = []
+        finally:  # stopped (a cost cap, an error): what was judged is kept
+            if store is not None:
                 store.put_many(fresh)
-                fresh = []
-        if store is not None:
-            store.put_many(fresh)
     return outputs
 
 

@@ -74,6 +74,28 @@ def _sweep_section(run_dir: Path, label: str) -> str:
             + figure_html(frontier_figure(table).update_layout(title=f"Sweep frontier: {label}")) + paper)
 
 
+def _cost_section(run_dir: Path) -> str:
+    """What each stage that calls a priced endpoint spent, its worst-case estimate and its cap (USD); empty if none."""
+    from porover.runs import read_manifest
+
+    manifest = read_manifest(run_dir)
+    rows = []
+    for stage, record in manifest.get("stages", {}).items():
+        spent, estimate = record.get("spent_usd"), record.get("estimated_usd")
+        if spent is None and not estimate:
+            continue
+        cap = manifest.get("params", {}).get(stage, {}).get("max_cost_usd")
+        cells = [stage, "–" if spent is None else f"{spent:,.4f}", "–" if estimate is None else f"{estimate:,.2f}",
+                 "none" if cap is None else f"{cap:,.2f}"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
+    if not rows:
+        return ""
+    return ("<h3>Endpoint cost (USD)</h3><p class='muted'>Spent: from the usage the API reported, at the run file's "
+            "prices (every run of the stage in this folder); estimate: the worst case before the run (every "
+            "generation at its full token budget); cap: the stage's max_cost_usd.</p><table class='headline'><tr>"
+            "<th>stage</th><th>spent</th><th>worst-case estimate</th><th>cap</th></tr>" + "".join(rows) + "</table>")
+
+
 def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) -> tuple[str, pd.DataFrame | None]:
     from porover.stages import analysis
 
@@ -109,6 +131,7 @@ def _run_section(run_dir: Path, label: str, folder: Path, stages: list[dict]) ->
     parts.append("<h3>Stages</h3><p class='muted'>Each page is the stage's executed notebook without code "
                  "(the notebooks under the run folder stay the source).</p><table class='headline stages'><tr><th>stage</th>"
                  "<th>type</th><th>status</th><th>minutes</th><th>peak memory (GiB)</th></tr>" + "".join(rows) + "</table>")
+    parts.append(_cost_section(run_dir))
     logs = analysis.training_logs(run_dir)
     if logs:
         from porover.plots import training_figure

@@ -6,13 +6,14 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from porover.config import StageParams, param
+from porover.config import SpendingParams, StageParams, param
 from porover.data import load_rows, prompt_set_errors
 from porover.digests import digest_of
 from porover.generation import Sampling, generate_responses, response_key
 from porover.judges import DEFAULT_JUDGE, judge_error_counts, judge_errors, judge_refusals
 from porover.metrics import UNPARSEABLE_OPTIONS, compute_metrics
 from porover.model_folders import model_folder_errors, open_model
+from porover.spending import metered
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import Verdict, is_refusal
 
@@ -21,7 +22,7 @@ OUTPUTS = ("responses.jsonl", "metrics.json")  # the first is what ``stage:NAME`
 
 
 @dataclass
-class EvaluateParams(StageParams):
+class EvaluateParams(StageParams, SpendingParams):
     """Parameters of ``notebooks/03_evaluate.ipynb``: generate on benchmarks, judge refusals, score."""
 
     model: str = param("smollm2-135m-instruct", "model to evaluate: embedded name, Hugging Face id or folder",
@@ -142,6 +143,7 @@ def judge_disagreement(rows: list[dict], partial_is_refusal: bool = True) -> dic
     return {"judges": names, "n": len(both), "disagree": disagree, "rate": disagree / len(both) if both else None}
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def run_evaluation(params: EvaluateParams) -> tuple[list[dict], dict]:
     """Generate, judge and score; write ``responses.jsonl`` and ``metrics.json`` into the stage folder.
 

@@ -14,13 +14,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from porover.config import EndpointParams, StageParams, looks_like_path, param
+from porover.config import EndpointParams, SpendingParams, StageParams, looks_like_path, param
 from porover.data import load_rows, prompt_set_errors
 from porover.generation import BACKENDS, RECORDED_TEACHERS, Sampling, completion_key, make_backend, sample_completions
 from porover.judges import DEFAULT_JUDGE, judge_errors, safety_judge_errors
 from porover.models import is_model_folder
 from porover.selection import (CRITERIA, agreement_with_random, group_candidates, is_empty, is_truncated,
                                reward_scores, select)
+from porover.spending import metered
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import REFUSALS
 
@@ -29,7 +30,7 @@ OUTPUTS = ("sft.jsonl", "candidates.jsonl")  # the first is what ``stage:NAME`` 
 
 
 @dataclass
-class OvergenerateParams(StageParams, EndpointParams):
+class OvergenerateParams(StageParams, EndpointParams, SpendingParams):
     """Parameters of ``notebooks/01_overgenerate.ipynb``: N teacher completions per prompt, select one.
 
     A teacher is an embedded name, Hugging Face id or folder (transformers, vllm), a served model id (openai,
@@ -88,6 +89,13 @@ class OvergenerateParams(StageParams, EndpointParams):
         if self.n_samples > 1 and self.temperature == 0 and generated:
             errors.append(f"{where}.temperature: greedy decoding makes all {self.n_samples} samples the same; set it > 0")
         return errors + self.endpoint_problems(where)
+
+    def price_table(self) -> dict[str, list[float]]:
+        """``prices``, with ``price_per_1m_input`` / ``price_per_1m_output`` as the teacher's price."""
+        table = dict(self.prices)
+        if self.price_per_1m_input is not None or self.price_per_1m_output is not None:
+            table.setdefault(self.teacher, [self.price_per_1m_input or 0.0, self.price_per_1m_output or 0.0])
+        return table
 
     def environment_problems(self, where: str) -> list[str]:
         teachers = [t for t, sets in ((self.teacher, self.general_prompts), (self.toxic_teacher or self.teacher,
@@ -221,6 +229,7 @@ def summarize(params: OvergenerateParams, candidates: list[dict], selected: list
     }
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def run_overgeneration(params: OvergenerateParams) -> tuple[list[dict], list[dict], dict]:
     """Overgenerate, score, select; write ``completions.jsonl``, ``candidates.jsonl``, ``sft.jsonl``, ``summary.json``.
 

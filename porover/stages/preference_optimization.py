@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import yaml
+
 from porover.config import is_stage_ref, param
 from porover.model_folders import open_model
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
+from porover.stages.training import (TrainingParams, _train_and_save, accelerate_config_path, finished_log, lora_config,
+                                     trainer_config)
 from porover.store import read_jsonl
 
 NOTEBOOK = "05_preference_optimization.ipynb"
@@ -57,9 +61,22 @@ class PreferenceOptimizationParams(TrainingParams):
                 errors.append(f"{where}.pairs: {error}")
         if self.loss_type == "kto" and self.per_device_train_batch_size < 2:
             errors.append(f"{where}.per_device_train_batch_size: KTO estimates its KL term within a batch; give >= 2")
+        if self.num_processes > 1 and not self.lora and self.precompute_ref_log_probs and _zero_stage(self) == 3:
+            errors.append(f"{where}.precompute_ref_log_probs: true with a DeepSpeed ZeRO-3 config "
+                          f"({self.accelerate_config}): TRL 1.16 precomputes in a second ZeRO-3 engine around the "
+                          "policy, and the first training step then fails in DeepSpeed's parameter coordinator "
+                          "(IndexError: pop from an empty deque); give precompute_ref_log_probs: false (the "
+                          "reference model is then kept, sharded like the policy) or a ZeRO-2 config")
         if not self.kinds or set(self.kinds) - set(PAIR_KINDS):
             errors.append(f"{where}.kinds: expected a non-empty list of {', '.join(PAIR_KINDS)}, got {self.kinds}")
         return errors
+
+
+def _zero_stage(params) -> int | None:
+    """The DeepSpeed ZeRO stage of the stage's accelerate config (None: not DeepSpeed, or no such file)."""
+    config = accelerate_config_path(params.accelerate_config)
+    body = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
+    return (body.get("deepspeed_config") or {}).get("zero_stage") if body.get("distributed_type") == "DEEPSPEED" else None
 
 
 def load_pairs(path: str | Path, kinds=PAIR_KINDS, max_pairs: int | None = None, min_pairs: int = 1) -> list[dict]:
@@ -93,12 +110,29 @@ def preference_dataset(pairs: list[dict], loss_type: str = "sigmoid"):
                                "rejected": turn("assistant", p["rejected"])} for p in pairs])
 
 
+def shared_dataset(dataset, folder: Path, args):
+    """``dataset`` saved in ``folder`` by the first rank and read back by every rank, so that its cache files are
+    where every rank looks. TRL's precomputed reference log-probabilities are such a cache file, written by rank 0
+    and read by all; an in-memory dataset keeps its cache files in a temporary folder of each process, where the
+    other ranks never find rank 0's: a FileNotFoundError on every multi-process run with
+    ``precompute_ref_log_probs``, as the paper's full-fine-tuning DPO (``args``: the stage's TRL config, whose
+    ranks these are)."""
+    from datasets import load_from_disk
+
+    with args.main_process_first(local=False, desc="saving the training pairs"):
+        if args.process_index == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            dataset.save_to_disk(str(folder))
+    return load_from_disk(str(folder))
+
+
 def run_preference_optimization(params: PreferenceOptimizationParams, callbacks: list | None = None) -> dict:
     """DPO (or TRL's other pairwise losses, or KTO) on the POROver pairs; returns the training log.
 
     With LoRA the reference model is the policy with its adapter disabled (``ref_model=None``); with full
     fine-tuning the reference log-probabilities are computed once before training
-    (``precompute_ref_log_probs``).
+    (``precompute_ref_log_probs``), kept in ``dataset/`` beside the checkpoints (`shared_dataset`) until the stage
+    finished.
     """
     if (log := finished_log(params)) is not None:
         return log
@@ -112,8 +146,12 @@ def run_preference_optimization(params: PreferenceOptimizationParams, callbacks:
         extra.update(loss_type=[params.loss_type], label_smoothing=params.label_smoothing)
     path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    args = trainer_config(params, KTOConfig if kto else DPOConfig, **extra)
+    dataset = shared_dataset(preference_dataset(pairs, params.loss_type), params.stage_dir / "dataset", args)
     trainer = (KTOTrainer if kto else DPOTrainer)(
-        model=path, ref_model=None, args=trainer_config(params, KTOConfig if kto else DPOConfig, **extra),
-        train_dataset=preference_dataset(pairs, params.loss_type), processing_class=tokenizer,
+        model=path, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=lora_config(params), callbacks=callbacks)
-    return _train_and_save(trainer, params, tokenizer)
+    log = _train_and_save(trainer, params, tokenizer)
+    if trainer.accelerator.is_main_process and not params.keep_checkpoints:
+        shutil.rmtree(params.stage_dir / "dataset", ignore_errors=True)
+    return log

@@ -8,7 +8,8 @@ from typing import ClassVar
 
 from porover.config import is_stage_ref, param
 from porover.model_folders import open_model
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
+from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, trainer_config,
+                                     use_chat_template)
 from porover.store import read_jsonl
 
 NOTEBOOK = "02_sft.ipynb"
@@ -84,6 +85,7 @@ def run_sft(params: SFTParams, callbacks: list | None = None) -> dict:
 
     path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_chat_template(params, tokenizer)
     trainer = SFTTrainer(model=path, args=trainer_config(params, SFTConfig, completion_only_loss=True),
                          train_dataset=dataset, processing_class=tokenizer, peft_config=lora_config(params),
                          callbacks=callbacks)

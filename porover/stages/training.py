@@ -1,4 +1,5 @@
-"""What the training stages share: their parameters, TRL configuration, resume, saving and launch.
+"""What the training stages share: their parameters, TRL configuration, resume, saving (the launch on several
+processes: `porover.stages.launch`).
 
 The SFT (`porover.stages.sft`) and preference-optimization (`porover.stages.preference_optimization`)
 stages write the same layout under ``run_dir/stage_name``: ``model/`` (a full model with its tokenizer, or
@@ -6,7 +7,7 @@ for LoRA the adapter, the tokenizer and the base model's name, merged on first u
 `porover.models.resolve_model`), ``checkpoints/`` (the resume points,
 removed once the stage finished unless ``keep_checkpoints``) and ``training_log.json`` (parameters, the
 trainer's log history, where it resumed from), written last, so its presence means the stage finished.
-With ``num_processes > 1`` the same parameters run under ``accelerate launch`` (`launch_command`): DDP over
+With ``num_processes > 1`` the same parameters run under ``accelerate launch`` (`porover.stages.launch`): DDP over
 gloo on the CPU, the configured strategy on GPUs; ``per_device_train_batch_size`` is per process, so the
 global batch is ``num_processes × per_device_train_batch_size × gradient_accumulation_steps``; the training
 log records both.
@@ -14,14 +15,10 @@ log records both.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -36,7 +33,6 @@ from porover.models import device_settings, is_model_folder, mark_adapter_folder
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
-GPU_ONLY_CONFIGS = ("fsdp", "deepspeed_zero2", "deepspeed_zero3")
 # Settings that do not change the trained model: changing them neither retrains a finished stage...
 _BOOKKEEPING = ("run_dir", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints")
 # ...and these may change between an interrupted run and its resumption (more steps, another machine).
@@ -74,6 +70,8 @@ class TrainingParams(StageParams):
     num_processes: int = param(1, "processes (GPUs) to train on; above 1 the stage runs under accelerate launch",
                                ge=1)
     accelerate_config: str = param("ddp", "ddp, fsdp, deepspeed_zero2, deepspeed_zero3 or a YAML path")
+    chat_template: str = param("", "model (id or folder) or .jinja file whose chat template and end-of-turn token the "
+                                   "model is trained with ('' = its own; a base model has none)", input=True)
     stage_name: str = param("training", "name of this stage in the run")
 
     def data_file(self) -> str:
@@ -88,10 +86,17 @@ class TrainingParams(StageParams):
         errors = model_folder_errors(self.model, where, train=True)
         if self.max_steps == 0:
             errors.append(f"{where}.max_steps: expected -1 (train num_train_epochs epochs) or a positive step count")
-        if not accelerate_config_path(self.accelerate_config).is_file():
+        config = accelerate_config_path(self.accelerate_config)
+        if not config.is_file():
             shipped = sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
             errors.append(f"{where}.accelerate_config: no config {self.accelerate_config!r}; give one of "
                           f"{', '.join(shipped)} or a YAML file")
+        elif self.num_processes > 1:
+            body = yaml.safe_load(config.read_text()) or {}
+            state_dict = (body.get("fsdp_config") or {}).get("fsdp_state_dict_type", "FULL_STATE_DICT")
+            if body.get("distributed_type") == "FSDP" and state_dict != "FULL_STATE_DICT":
+                errors.append(f"{where}.accelerate_config: {config}: fsdp_config.fsdp_state_dict_type: expected "
+                              f"FULL_STATE_DICT (model/ must load as an ordinary model), got {state_dict!r}")
         return errors
 
 
@@ -124,7 +129,8 @@ def finished_log(params) -> dict | None:
 
 
 def _resume_point(params) -> str | None:
-    """The last checkpoint, if it was written under compatible settings; stale checkpoints are removed."""
+    """The last checkpoint, if it was written under compatible settings; stale checkpoints are removed, and so
+    are incomplete ones (killed while saving: the trainer writes ``trainer_state.json`` into a checkpoint last)."""
     from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -138,8 +144,26 @@ def _resume_point(params) -> str | None:
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(fingerprint, indent=1))
+        for partial in folder.glob("checkpoint-*"):
+            if partial.is_dir() and not (partial / "trainer_state.json").is_file():
+                print(f"removing {partial}: incomplete (the run was killed while saving it)", flush=True)
+                shutil.rmtree(partial)
     state.wait_for_everyone()
     return get_last_checkpoint(str(folder)) if compatible else None
+
+
+def seed_initialisation(params) -> None:
+    """Seed Python, NumPy and torch with the stage's ``seed`` before a stage initialises weights itself.
+
+    Call it before anything random happens outside the trainer: new token rows drawn by
+    ``resize_token_embeddings`` (mean resizing samples them), LoRA matrices made by ``get_peft_model`` before
+    the trainer exists. The trainer seeds only when it is built, and torch seeds each new process from the
+    system's entropy, so an initialisation before it differed from run to run (and drifted the losses from
+    step 2 on). TRL's trainers seed before they wrap a model in PEFT; this covers the stages that do it first.
+    """
+    from transformers import set_seed
+
+    set_seed(params.seed)
 
 
 def lora_config(params):
@@ -152,25 +176,83 @@ def lora_config(params):
                       target_modules=params.lora_target_modules, task_type="CAUSAL_LM")
 
 
+def launched_engine() -> str | None:
+    """The sharding engine ``accelerate launch`` started this process for (``FSDP``, ``DEEPSPEED``), else None."""
+    for engine in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() == "true":
+            return engine
+    return None
+
+
 def trainer_config(params, config_cls, **extra):
     """A TRL config from the stage parameters, precision chosen per device (TRL defaults to bf16 and
-    gradient checkpointing; bf16 on a CPU without bf16 units is ~10x slower than fp32)."""
+    gradient checkpointing; bf16 on a CPU without bf16 units is ~10x slower than fp32).
+
+    Under DeepSpeed the precision is the launch config's (DeepSpeed refuses a trainer whose precision differs from
+    its own), and on the CPU the ranks join over gloo with accelerate's CPU mode off: accelerate turns DeepSpeed on
+    only when ``cpu`` is false (``AcceleratorState``: ``elif ACCELERATE_USE_DEEPSPEED and not cpu``); DeepSpeed then
+    runs on its CPU accelerator.
+    """
     settings = device_settings(params.device)
     # transformers 5 renamed gradient_checkpointing; TRL's default (on) must be overridden under either name.
     names = {f.name for f in dataclasses.fields(config_cls)}
     extra["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = \
         params.gradient_checkpointing
+    bf16, fp16 = settings.bf16, settings.device == "cuda" and not settings.bf16
+    use_cpu = settings.device == "cpu"
+    if launched_engine() == "DEEPSPEED":
+        precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        bf16, fp16 = precision == "bf16", precision == "fp16"
+        if use_cpu:
+            use_cpu, extra["ddp_backend"] = False, "gloo"
     return config_cls(
         output_dir=str(params.stage_dir / "checkpoints"), seed=params.seed, learning_rate=params.learning_rate,
         num_train_epochs=params.num_train_epochs, max_steps=params.max_steps,
         per_device_train_batch_size=params.per_device_train_batch_size,
         gradient_accumulation_steps=params.gradient_accumulation_steps, lr_scheduler_type=params.lr_scheduler_type,
         warmup_steps=params.warmup_steps, weight_decay=params.weight_decay, max_length=params.max_length,
-        bf16=settings.bf16,
-        fp16=settings.device == "cuda" and not settings.bf16, use_cpu=settings.device == "cpu",
-        model_init_kwargs={"dtype": "bfloat16" if settings.bf16 else "float32"},
+        bf16=bf16, fp16=fp16, use_cpu=use_cpu,
+        model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
         logging_steps=params.logging_steps, save_strategy="steps", save_steps=params.save_steps,
         save_total_limit=params.save_total_limit, report_to="none", **extra)
+
+
+def use_chat_template(params, tokenizer) -> None:
+    """Give the tokenizer ``params.chat_template``'s template and end-of-turn token (a base model's tokenizer, e.g.
+    Llama-3.1-8B's, has no template); then `_train_and_save` makes generation stop at that token.
+
+    Raises:
+        ValueError: The tokenizer has no chat template and none is given, before anything trains.
+    """
+    source = params.chat_template
+    if source.endswith((".jinja", ".j2")):
+        tokenizer.chat_template = Path(source).expanduser().read_text()
+    elif source:
+        from transformers import AutoTokenizer
+
+        from porover.model_folders import open_model
+
+        donor = AutoTokenizer.from_pretrained(open_model(source).weights())
+        tokenizer.chat_template = donor.chat_template
+        tokenizer.eos_token = donor.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"{params.stage_name}: the tokenizer of {params.model} has no chat template (a base model's "
+                         "has none); give chat_template: the model whose template to train with (e.g. its instruct "
+                         "version)")
+
+
+def _stop_at_end_of_turn(folder: Path, tokenizer) -> None:
+    """Make the saved model's generation stop at the tokenizer's end-of-turn token as well as its own eos (a base
+    model trained with an instruct template would otherwise write past every turn)."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() \
+        else GenerationConfig()
+    eos = config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        config.eos_token_id = ids + [tokenizer.eos_token_id]
+        config.save_pretrained(folder)
 
 
 def _train_and_save(trainer, params, tokenizer) -> dict:
@@ -180,18 +262,23 @@ def _train_and_save(trainer, params, tokenizer) -> dict:
     of a full copy); `porover.models.resolve_model` merges it on first use, cached by content.
     """
     out = params.stage_dir
+    requested, running = launched_engine(), str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1]
+    if requested and running != requested:  # accelerate falls back to plain data parallelism silently
+        raise RuntimeError(f"{params.stage_name}: accelerate_config {params.accelerate_config!r} asks for {requested}, "
+                           f"but the processes run {running}")
     resumed_from = _resume_point(params)
     result = trainer.train(resume_from_checkpoint=resumed_from)
     trainer.save_model(str(out / "model"))  # gathers FSDP/ZeRO-3 shards
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(out / "model")
+        _stop_at_end_of_turn(out / "model", tokenizer)
         if params.lora:
             mark_adapter_folder(out / "model", params.model)
         processes = trainer.accelerator.num_processes
         batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * processes
         log = {"stage": params.stage_name, "fingerprint": _fingerprint(params, _BOOKKEEPING),
                "global_step": trainer.state.global_step, "resumed_from": resumed_from, "num_processes": processes,
-               "train_batch_size": batch,
+               "train_batch_size": batch, "distributed_type": running,
                "train_runtime": result.metrics.get("train_runtime"), "log_history": trainer.state.log_history,
                "model_dir": str(out / "model"), "lora": params.lora}
         (out / "training_log.json").write_text(json.dumps(log, indent=1))
@@ -201,126 +288,3 @@ def _train_and_save(trainer, params, tokenizer) -> dict:
             print(f"rank {trainer.accelerator.process_index} of {processes} saved {out / 'model'}", flush=True)
     trainer.accelerator.wait_for_everyone()
     return json.loads((out / "training_log.json").read_text())
-
-
-def launch_device(params) -> str:
-    """Where the launched processes train: ``params.device``, with "auto" resolved as `device_settings` does."""
-    if params.device != "auto":
-        return params.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def launch_config(params) -> Path:
-    """The accelerate config of the launch: ``accelerate_config``, with ``ddp`` on CPU meaning ``ddp_cpu``.
-
-    Raises:
-        ValueError: A sharded config (fsdp, deepspeed_*) on the CPU, which they do not run on.
-    """
-    name = params.accelerate_config
-    if launch_device(params) == "cpu" and name in GPU_ONLY_CONFIGS:
-        raise ValueError(f"accelerate_config {name!r} shards the model over GPUs; on the CPU give 'ddp' "
-                         f"(DDP over gloo, configs/accelerate/ddp_cpu.yaml) or a config file of your own")
-    if launch_device(params) == "cpu" and name == "ddp":
-        name = "ddp_cpu"
-    return accelerate_config_path(name)
-
-
-def launch_command(params, params_file: str | Path | None = None) -> list[str]:
-    """The ``accelerate launch`` command that runs this stage on ``num_processes`` processes.
-
-    The stage parameters are written to ``params_file`` (default ``<stage>/launch_params.yaml``), which
-    ``python -m porover.train_cli`` reads back, so the launched run trains exactly what the notebook asked for.
-    """
-    kind = params.kind
-    config = launch_config(params)
-    params_file = Path(params_file or params.stage_dir / "launch_params.yaml")
-    params_file.parent.mkdir(parents=True, exist_ok=True)
-    params_file.write_text(yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate) if accelerate.is_file() else "accelerate", "launch", "--config_file", str(config),
-            "--num_processes", str(params.num_processes), "-m", "porover.train_cli", kind, str(params_file)]
-
-
-def launch_env(params) -> dict[str, str]:
-    """The environment of the launched processes: this process's (a notebook kernel's included), with this
-    ``porover`` first on ``PYTHONPATH`` and unbuffered output; on CPU, accelerate sets ``OMP_NUM_THREADS``
-    to physical cores / processes unless it is set here."""
-    package_root = str(Path(__file__).resolve().parent.parent.parent)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [os.environ.get("PYTHONPATH")])])
-    if launch_device(params) == "cpu":
-        env["ACCELERATE_USE_CPU"] = "true"
-    return env
-
-
-def _failure_summary(output: str, lines: int = 25) -> str:
-    """The first Python traceback in a failed launch's output (the rank that failed first) and its last lines."""
-    text = [re.sub(r"^\[rank\d+\]: ?", "", line) for line in output.replace("\r", "\n").splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
-    traceback = []
-    if starts:
-        end = next((i for i in range(starts[0] + 1, len(text)) if not text[i].startswith((" ", "\t"))), len(text) - 1)
-        while end + 1 < len(text) and text[end + 1].startswith((" ", "\t")):  # a message of several lines
-            end += 1
-        traceback = text[starts[0]:end + 1]
-    # Ranks write to one stream, so their tracebacks can interleave: also show the first exception line whole,
-    # with the indented lines of its message, wherever it landed.
-    errors = [i for i, line in enumerate(text) if re.match(r"^[\w.]*(Error|Exception): ", line)]
-    error = []
-    if errors and text[errors[0]] not in traceback:
-        end = errors[0]
-        while end + 1 < len(text) and text[end + 1].startswith((" ", "\t")):
-            end += 1
-        error = text[errors[0]:end + 1]
-    tail = text[-lines:]
-    return "\n".join(traceback + error + (["..."] if traceback and tail else []) + tail)
-
-
-def _launch(command: list[str], env: dict[str, str], log_file: Path) -> None:
-    """Run the launch, its output (all ranks, stdout and stderr) shown here as it comes and kept in ``log_file``.
-
-    Raises:
-        RuntimeError: The launch failed; the message has the failing rank's traceback and the last lines.
-    """
-    kept, decoder = "", codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end mid-character
-    with open(log_file, "wb") as log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                                       stderr=subprocess.STDOUT) as process:
-        try:
-            while chunk := process.stdout.read1(65536):
-                log.write(chunk)
-                log.flush()
-                text = decoder.decode(chunk)
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                kept = (kept + text)[-200_000:]
-        except BaseException:  # an interrupted notebook cell stops the launch (torchrun stops its ranks)
-            process.terminate()
-            raise
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)}\nexited with status {process.returncode}; the full output is in "
-                           f"{log_file}. The failure:\n{_failure_summary(kept)}")
-
-
-def run_training(params, callbacks: list | None = None) -> dict:
-    """Run a training stage in this process, or under ``accelerate launch`` when ``num_processes > 1``.
-
-    A launch shows the output of every rank as it comes and keeps it in ``<stage>/launch.log``; callbacks
-    apply to in-process runs only.
-
-    Returns:
-        The stage's training log (see the module docstring), read back from disk after a launch.
-
-    Raises:
-        RuntimeError: The launch failed (the message shows why).
-    """
-    if params.num_processes <= 1:
-        return params.train(callbacks)
-    if (log := finished_log(params)) is not None:
-        return log
-    command = launch_command(params)
-    _launch(command, launch_env(params), params.stage_dir / "launch.log")
-    return json.loads((params.stage_dir / "training_log.json").read_text())
-
-

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from porover.config import StageParams, param
+from porover.config import SpendingParams, StageParams, param
 from porover.data import load_rows, prompt_set_errors
 from porover.digests import digest_of, path_digest
 from porover.generation import Sampling, TransformersBackend, completion_key, sample_completions
@@ -21,6 +21,7 @@ from porover.judges import DEFAULT_JUDGE, judge_errors, judge_refusals
 from porover.methods.dro.estimation import SYSTEM_PROMPTS, Estimation, fit_logistic_cv, pca_basis, train_soft_prompt
 from porover.methods.dro.soft_prompt import SoftPromptModel
 from porover.models import model_digest, model_errors
+from porover.spending import metered
 from porover.store import JsonlStore, write_jsonl
 from porover.vocabulary import is_refusal
 
@@ -31,7 +32,7 @@ MODEL_HANDLE = SoftPromptModel  # how the stage's model/ is opened (the soft pro
 
 
 @dataclass
-class DROParams(StageParams):
+class DROParams(StageParams, SpendingParams):
     """Parameters of ``notebooks/11_dro.ipynb``: DRO's estimation and soft safety prompt (Zheng et al. 2024)."""
 
     model: str = param("smollm2-135m-instruct", "model to safeguard (frozen): embedded name, hub id or folder",
@@ -177,6 +178,7 @@ def _group_means(points: list[dict]) -> dict:
             "n": len(points)}
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def run_dro(params: DROParams, on_step=None) -> dict:
     """Estimate, train, save the soft prompt and score it; writes every output and returns ``dro.json``'s content.
 

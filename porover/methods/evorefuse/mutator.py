@@ -8,7 +8,7 @@ import random
 from porover.digests import digest_of
 from porover.methods.evorefuse.operators import OFFLINE_OPERATORS, offline_mutate, offline_recombine, seed_recoverable
 from porover.methods.evorefuse.prompts import (RECOMBINE_SYSTEM, SAFETY_JUDGE_SYSTEM, STRATEGIES, Rewrite, judge_query,
-                                               mutation_system, parse_judgement, parse_rewrite)
+                                               mutation_system, parse_judgement, parse_rewrite, recombination_query)
 
 
 class Mutator:

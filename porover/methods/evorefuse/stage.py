@@ -27,7 +27,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from porover.config import EndpointParams, StageParams, param
+from porover.config import EndpointParams, SpendingParams, StageParams, param
 from porover.data import prompt_set_errors
 from porover.digests import digest_of
 from porover.judges import DEFAULT_JUDGE, judge_errors
@@ -36,6 +36,7 @@ from porover.methods.evorefuse.loop import final_prompts, run_iteration, seed_ke
 from porover.methods.evorefuse.mutator import Mutator
 from porover.methods.evorefuse.target import Target, share
 from porover.models import model_errors
+from porover.spending import metered
 from porover.store import JsonlStore, write_jsonl
 
 NOTEBOOK = "08_evolve.ipynb"
@@ -45,7 +46,7 @@ MUTATOR_BACKENDS = ("offline", "openai", "vllm", "transformers")
 
 
 @dataclass
-class EvolveParams(StageParams, EndpointParams):
+class EvolveParams(StageParams, EndpointParams, SpendingParams):
     """Parameters of ``notebooks/08_evolve.ipynb``: EvoRefuse against the target model.
 
     The endpoint settings (base_url, api_key_env, ...) are the mutator's, recombiner's and safety judge's.
@@ -142,6 +143,7 @@ def load_seeds(params: EvolveParams) -> tuple[list[dict], list[dict]]:
     return hold_out(load_sets(params.seeds, params.seed, "seed"), params.exclude, params.seed, "drop")
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def run_evolution(params: EvolveParams) -> tuple[list[dict], dict]:
     """Evolve every seed; write the outputs (see the module docstring). Returns ``(evolved rows, summary)``."""
     start = time.perf_counter()

@@ -16,11 +16,14 @@ import numpy as np
 from porover.config import param
 from porover.data import load_rows, prompt_set_errors
 from porover.splits import normalise
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
+from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, seed_initialisation,
+                                     trainer_config)
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "10_mosr.ipynb"
 OUTPUTS = ("model", "training_log.json", "mosr_data.jsonl")
+TRAINING_SETS = ("benign", "pseudo_malicious", "malicious")  # prompt sets it trains on (`porover.splits`)
+HELD_OUT_SETS = "exclude"  # ...less the prompts of these
 REFUSALS = ["I'm sorry, but I can't help with that.",
             "I can't assist with that request, because it could cause real harm.",
             "I won't help with this. If you have a different question, I'm happy to help."]
@@ -229,6 +232,7 @@ def run_mosr(params: MOSRParams, callbacks: list | None = None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=device_settings(params.device).dtype)
     config = lora_config(params)  # MOSR's adapters sit on its target layers only
     config.layers_to_transform = params.target_layers
+    seed_initialisation(params)  # the adapter's initial weights are drawn here, before the trainer seeds
     model = get_peft_model(model, config)
     args = trainer_config(params, SFTConfig, remove_unused_columns=False)
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=_collate(tokenizer.pad_token_id),

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from porover.config import EndpointParams, StageParams, param
+from porover.config import EndpointParams, SpendingParams, StageParams, param
 from porover.data import prompt_set_errors, split_name
 from porover.digests import digest_of
 from porover.generation import Sampling, completion_key, make_backend, sample_completions
@@ -32,16 +32,19 @@ from porover.methods.porover.pairs import (FUNNEL, OTHER_MODEL, STUDENT_FIRST, b
                                            refusal_shares)
 from porover.models import model_errors
 from porover.selection import is_empty, is_truncated, usable
+from porover.spending import metered
 from porover.splits import hold_out, load_sets, normalise
 from porover.stages.overgenerate import teacher_errors
 from porover.store import JsonlStore, read_jsonl, write_jsonl
 
 NOTEBOOK = "04_preference_data.ipynb"
 OUTPUTS = ("pairs.jsonl",)  # what ``stage:NAME`` stands for
+TRAINING_SETS = ("prompts", "safety_anchor_sets")  # prompt sets it trains on (`porover.splits`)
+HELD_OUT_SETS = "eval_sets"  # ...less the prompts of these
 
 
 @dataclass
-class PreferenceDataParams(StageParams, EndpointParams):
+class PreferenceDataParams(StageParams, EndpointParams, SpendingParams):
     """Parameters of ``notebooks/04_preference_data.ipynb``: POROver pairs where the student over-refuses.
 
     The endpoint settings (base_url, api_key_env, ...) are the teacher's. Without a safety judge every
@@ -213,6 +216,7 @@ def anchor_model_samples(params: PreferenceDataParams, toxic: list[dict], sampli
     return [{**r, "origin": OTHER_MODEL, "teacher": source} for r in rows]
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def run_preference_data(params: PreferenceDataParams) -> tuple[list[dict], list[dict], dict]:
     """Sample, judge, pair, score; write ``pairs.jsonl``, ``scored_pairs.jsonl``, ``prompts.jsonl``, ``summary.json``.
 

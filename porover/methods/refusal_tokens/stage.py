@@ -26,14 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from porover.config import is_stage_ref, param
+from porover.config import SpendingParams, is_stage_ref, param
 from porover.data import prompt_set_errors
 from porover.judges import DEFAULT_JUDGE, judge_errors
 from porover.methods.refusal_tokens.inference import RefusalTokenModel
 from porover.methods.refusal_tokens.tokens import (REFUSE, RESPOND, SWEEP_FILE, TokenSpec, read_spec, sweep, token_ids,
                                                    token_probabilities, write_spec)
 from porover.model_folders import mark_model_folder
-from porover.stages.training import TrainingParams, _train_and_save, finished_log, lora_config, trainer_config
+from porover.spending import metered
+from porover.stages.training import (TrainingParams, _train_and_save, finished_log, lora_config, seed_initialisation,
+                                     trainer_config, use_chat_template)
 from porover.store import read_jsonl, write_jsonl
 
 NOTEBOOK = "07_refusal_tokens.ipynb"
@@ -43,7 +45,7 @@ LOSS_ON = ("completion", "token")
 
 
 @dataclass
-class RefusalTokenParams(TrainingParams):
+class RefusalTokenParams(TrainingParams, SpendingParams):
     """Parameters of ``notebooks/07_refusal_tokens.ipynb``: refusal-token SFT, the threshold sweep and a few
     steered evaluations. Training settings are the SFT stage's (`TrainingParams`)."""
 
@@ -157,6 +159,7 @@ def _teacher_rows(params: RefusalTokenParams) -> list[dict]:
              "teacher": params.teacher} for row in answered]
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def build_training_data(params: RefusalTokenParams) -> list[dict]:
     """Label every response with the refusal judge and prefix its token; write ``train_data.jsonl``.
 
@@ -236,8 +239,10 @@ def _train(params: RefusalTokenParams, rows: list[dict], spec: TokenSpec, callba
 
     path = open_model(params.model).weights()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    use_chat_template(params, tokenizer)
     settings = device_settings(params.device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if settings.bf16 else "float32")
+    seed_initialisation(params)  # mean resizing draws the new token rows, before the trainer seeds
     new_ids = add_refusal_tokens(model, tokenizer, spec.tokens)
     examples, dropped = tokenized_rows(rows, tokenizer, spec, params.loss_on, params.max_length)
     if not examples:
@@ -302,6 +307,7 @@ def _tag(threshold: float | None) -> str:
     return "default" if threshold is None else f"t{threshold:g}"
 
 
+@metered  # under the stage's cost cap (porover.spending)
 def evaluate_thresholds(params: RefusalTokenParams):
     """Generate with the first token forced at each of ``params.thresholds``, judge, score.
 
@@ -341,7 +347,7 @@ def evaluate_thresholds(params: RefusalTokenParams):
 
 def run_refusal_tokens(params: RefusalTokenParams) -> dict:
     """The whole stage outside a notebook: data, training, sweep, thresholds. Returns the training log."""
-    from porover.stages.training import run_training
+    from porover.stages.launch import run_training
 
     build_training_data(params)
     log = run_training(params)

@@ -182,6 +182,23 @@ def _params(tmp_path, **values):
     return params
 
 
+def test_an_endpoint_mutator_mutates_recombines_and_judges(tmp_path, monkeypatch):
+    """GPT-4o's three EvoRefuse parts through the real client (the rehearsal's stand-in endpoint answers in their
+    formats). Rehearsing params/paper.yaml found recombination calling a function its module never imported."""
+    from porover.generation.standin_endpoint import standin_endpoint
+    from porover.methods.evorefuse.mutator import Mutator
+
+    monkeypatch.setenv("POROVER_CACHE", str(tmp_path / "cache"))
+    with standin_endpoint(tmp_path / "requests.jsonl") as base_url:
+        mutator = Mutator(_params(tmp_path, seeds={"xstest_safe": 1}, mutator_backend="openai", base_url=base_url,
+                                  api_key_env=""))
+        mutants = mutator.mutate("scenario", [SEED], ["seed-0"], 0)
+        children = mutator.recombine([(mutants[0].instruction, "How do I whittle a knife?")], [SEED], ["seed-0/r"])
+        verdicts = mutator.judge(children, [{"prompt": SEED, "label": "safe"}])
+    assert mutants[0].status == children[0].status == "parsed" and SEED.rstrip("?") in children[0].instruction
+    assert verdicts == [("safe", "safe")] and mutator.calls == 3
+
+
 @needs_model
 @pytest.mark.parametrize("form", ["paper", "code"])
 def test_stage_fitness_equals_the_formula_recomputed_from_its_samples(tmp_path, model_folder, tiny_model, form):
