@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -185,27 +184,6 @@ def _rule(judge: str) -> Callable[[pd.DataFrame, pd.DataFrame], list[str]]:
         rows["prompt"].tolist(), rows["response"].tolist(), judge=judge)]
 
 
-@lru_cache(maxsize=1)
-def _all_token_states() -> tuple[dict, np.ndarray, np.ndarray]:
-    """``act_encoder`` token states of every row of `SOURCES` and `EXTERNAL` (in that order, as
-    ``benchmarks/train_act_encoder.py`` caches them), with a (source, id) -> row index."""
-    import os
-
-    from porover.judges import act_encoder
-
-    both = pd.concat([labelled_responses(), labelled_responses(EXTERNAL)], ignore_index=True)
-    cache = Path(os.environ.get("POROVER_CACHE", Path.home() / ".cache" / "porover")) / "act_encoder"
-    states, mask = act_encoder.cached_token_states(both["prompt"].tolist(), both["response"].tolist(), cache)
-    return {key: i for i, key in enumerate(zip(both["source"], both["id"]))}, states, mask
-
-
-def encoder_states_of(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """``act_encoder`` token states of labelled rows, from the cache of every source's rows."""
-    index, states, mask = _all_token_states()
-    where = [index[key] for key in zip(rows["source"], rows["id"])]
-    return states[where], mask[where]
-
-
 def _refitted(judge: str) -> Callable[[pd.DataFrame, pd.DataFrame], list[str]]:
     """``judge`` re-fitted on the fold's rows with its shipped settings, then applied to the held-out rows."""
     from porover.vocabulary import REFUSAL_CLASSES
@@ -213,17 +191,9 @@ def _refitted(judge: str) -> Callable[[pd.DataFrame, pd.DataFrame], list[str]]:
     def run(fit_rows: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
         p, r, y = fit_rows["prompt"].tolist(), fit_rows["response"].tolist(), fit_rows["label"].tolist()
         if judge == "act_encoder":
-            from porover.judges import act_encoder
+            from porover.judges.encoder_validation import refitted_encoder_labels
 
-            shipped = act_encoder.load_weights()
-            settings = shipped["settings"]
-            extra = act_encoder.phrase_features(p, r)[0]
-            weights = act_encoder.fit_head(*encoder_states_of(fit_rows), y, settings, extra=extra,
-                                           row_weight=source_weights(fit_rows["source"], settings["weighting"]))
-            probs = act_encoder.predict_states(*encoder_states_of(rows), weights,
-                                               act_encoder.phrase_features(rows["prompt"].tolist(),
-                                                                           rows["response"].tolist())[0])
-            return [REFUSAL_CLASSES[i] for i in probs.argmax(1)]
+            return refitted_encoder_labels(fit_rows, rows)
         if judge == "phrase_lr":
             from porover.judges import phrase_lr
             from porover.judges.human_labels import DEFAULT_FIT
@@ -278,10 +248,12 @@ def workbench_responses() -> pd.DataFrame:
 def shipped_judges_on(table: pd.DataFrame, judges: Sequence[str] = OFFLINE_JUDGES) -> pd.DataFrame:
     """Every judge *as shipped* on ``table``'s rows (for data none of them was fitted on): `METRICS` and counts."""
     from porover.judges import judge_refusals
+    from porover.judges.encoder_validation import shipped_encoder_verdicts
 
     rows = []
     for name in judges:
-        verdicts = judge_refusals(table["prompt"].tolist(), table["response"].tolist(), judge=name)
+        verdicts = (shipped_encoder_verdicts(table) if name == "act_encoder"  # cached token states: same numbers
+                    else judge_refusals(table["prompt"].tolist(), table["response"].tolist(), judge=name))
         result = score_labels(table["label"].tolist(), verdicts)
         rows.append({"judge": name, **{m: result[m] for m in METRICS}})
     return pd.DataFrame(rows)
