@@ -4,7 +4,8 @@ Usage:
     python benchmarks/judge_validation.py [--write-error] [--xstest] [--split test] [--llm-sample 16] [--cv] [--refit]
 
 First, leave one *source* out (`porover.judges.sources`): every offline judge scored on each labelled data
-source it was not fitted on (fitted judges re-fitted without it); ``--write-error`` stores each judge's
+source it was not fitted on (fitted judges re-fitted without it), then every judge as shipped on each `EXTERNAL`
+check (GPTFuzz's and RBR's test splits, the workbench's SmolLM2 answers); ``--write-error`` stores each judge's
 held-out confusion counts in ``porover/judges/judge_error.json`` (what rates are corrected with). With
 ``--xstest``, also the older XSTest-only tables: every offline judge (`porover.judges.held_out.OFFLINE_JUDGES`) is scored on the test-split prompts of five
 models' completions as shipped, then with one model family / one model held out (re-fitted without
@@ -24,8 +25,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pandas as pd
 
 from porover.judges.held_out import generalisation, summary
-from porover.judges.sources import (OFFLINE_JUDGES, error_counts, offline_judges_held_out, shipped_judges_on,
-                                   workbench_responses)
+from porover.judges.sources import (EXTERNAL, OFFLINE_JUDGES, error_counts, labelled_responses,
+                                   offline_judges_held_out, shipped_judges_on)
 from porover.judges import judge_refusals
 from porover.judges.human_labels import (LABELLED, cross_validate_default_judge, fit_default_judge, human_labels,
                                 validate_against_human_labels, validation_table)
@@ -62,8 +63,9 @@ def main() -> None:
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         print("Leave one source out (refusal = positive; partial counts as refusal)")
         print(held.round(3).to_string(index=False))
-        print("\nExternal check, judges as shipped (workbench_smollm: never fitted or chosen on)")
-        print(shipped_judges_on(workbench_responses()).round(3).to_string(index=False))
+        for source in EXTERNAL:  # published test splits and the workbench's answers: never fitted or chosen on
+            print(f"\nExternal check {source}, judges as shipped")
+            print(shipped_judges_on(labelled_responses([source])).round(3).to_string(index=False))
     if args.write_error:
         from porover.judges import JUDGE_ERROR_PATH
 

@@ -1,10 +1,13 @@
 """Choose and fit the default refusal judge ``act_lr`` by leave-one-source-out; write its weights.
 
 Usage:
-    python benchmarks/train_act_lr.py [--dry-run] [--out PATH]
+    python benchmarks/train_act_lr.py [--dry-run] [--nested] [--phrase-only] [--out PATH]
 
-Data: `porover.judges.sources.labelled_responses` (XSTest's human labels; refusal_direction and
-jailbreakbench_artifacts with rule labels and a hand-labelled sample of 100 rows each).
+Data: `porover.judges.sources.labelled_responses` over `porover.judges.sources.SOURCES` (seven sources:
+XSTest's human labels, GPTFuzz's and RBR's human labels, the hand-written hard cases; refusal_direction,
+jailbreakbench_artifacts and Saferpaca with rule labels and a hand-labelled sample). ``--phrase-only`` keeps
+the grid to the ``phrase`` block (the shipped choice; no MiniLM encoding of every row): it re-fits the shipped
+judge on the current sources, re-choosing only L2 and source weighting.
 
 Criterion, fixed before any figure was seen: for every candidate (feature blocks x L2 x source weighting),
 fit on all sources but one and score the held-out source's scored rows, for each source in turn. Candidates
@@ -129,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the choice, write nothing")
     parser.add_argument("--nested", action="store_true", help="also the nested estimate (twice the fits again)")
+    parser.add_argument("--phrase-only", action="store_true", help="grid over L2 and weighting of the phrase block only")
     parser.add_argument("--out", type=Path, default=act_lr.WEIGHTS_PATH)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("POROVER_CACHE", Path.home() / ".cache" / "porover")))
     args = parser.parse_args()
@@ -136,7 +140,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     table = labelled_responses()
-    blocks = features(table, args.cache)
+    global BLOCK_SETS
+    if args.phrase_only:
+        BLOCK_SETS = (("phrase",),)
+        blocks = act_lr.block_features(table["prompt"].tolist(), table["response"].tolist(), ["phrase"])
+    else:
+        blocks = features(table, args.cache)
     floor = string_match_floor(table)
     sources = list(dict.fromkeys(table["source"]))
     scores = score_candidates(table, blocks, sources, floor)

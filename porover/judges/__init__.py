@@ -37,6 +37,12 @@ def _act_lr(prompts: Sequence[str], responses: Sequence[str], weights: str | Non
     return act_lr_judge(prompts, responses, weights=weights)
 
 
+def _act_encoder(prompts: Sequence[str], responses: Sequence[str], weights: str | None = None) -> list[Verdict]:
+    from porover.judges.act_encoder import act_encoder_judge
+
+    return act_encoder_judge(prompts, responses, weights=weights)
+
+
 def _per_response(function, prompts: Sequence[str], responses: Sequence[str], **settings) -> list[Verdict]:
     return [function(response, **settings) for response in responses]
 
@@ -54,6 +60,7 @@ JUDGES = {
     "phrase_lr": phrase_lr_judge,
     "minilm_lr": _minilm_lr,
     "act_lr": _act_lr,
+    "act_encoder": _act_encoder,
     "xstest_llm": partial(_llm, "xstest"),
     "orbench_llm": partial(_llm, "orbench"),
 }
