@@ -21,7 +21,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m porover run params/demo.yaml
 
-# The trained related arms (refusal tokens, MOSR-like, DRO, represent) into the same run folder, after `make demo`.
+# The other arms (refusal direction, false-refusal ablation, refusal tokens, MOSR-like, DRO, represent) into the same run folder, after `make demo`.
 demo-more: $(STAMP)
 	$(PY) -m porover run params/demo_more.yaml
 

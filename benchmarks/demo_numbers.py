@@ -7,7 +7,8 @@ The pages that quote the demo (README.md, docs/demo.md, each method page's "Demo
     <!-- /demo -->
 
 (``demo:stages`` for the stage times, ``demo:run`` for the run's one-line summary, ``demo:versus`` for the paired
-comparisons of each arm with the arm it was trained from; no names = every row), rendered from the YAML file
+comparisons of each arm with the arm it was trained from; no names = every row; ``demo:judges`` for the main
+comparison under each judge the evaluations recorded), rendered from the YAML file
 alone, so a figure is written once and a page never carries a stale copy (`tests/test_docs.py` checks each block
 against its rendering).
 
@@ -97,14 +98,24 @@ def collect(run_dir: str | Path, previous: dict | None = None) -> dict:
             if old_stages.get(stage, {}).get("note"):
                 entry["note"] = old_stages[stage]["note"]
             stages[stage] = entry
+    demo_stages = _demo_stage_names()
     run = {"commit": (manifest.get("git_commit") or "unknown")[:7] + ("-dirty" if "dirty" in (manifest.get("git_commit") or "") else ""),
-           "wall_s": sum(entry["seconds"] for entry in stages.values()),
-           "wall_note": "the sum of the stages' wall times in the manifest",
+           "wall_s": sum(entry["seconds"] for stage, entry in stages.items() if stage in demo_stages),
+           "more_wall_s": sum(entry["seconds"] for stage, entry in stages.items() if stage not in demo_stages),
+           "wall_note": previous.get("run", {}).get("wall_note", "the sum of the stages' wall times in the manifest"),
            "outputs_mb": _folder_mb(run_dir), "prompts": prompts, "prompts_max": most}
-    result = {"run": run, "arms": arms, "versus": _versus(run_dir), "stages": stages}
+    result = {"run": run, "arms": arms, "versus": _versus(run_dir), "judges": _main_comparison_by_judge(run_dir),
+              "stages": stages}
     if previous.get("earlier"):
         result["earlier"] = previous["earlier"]
     return result
+
+
+def _demo_stage_names() -> set[str]:
+    """The stages of ``make demo`` (params/demo.yaml, seed copies included); the others are ``make demo-more``'s."""
+    from porover.run_file import load_run_params
+
+    return set(load_run_params(ROOT / "params" / "demo.yaml", environment=False).stages)
 
 
 def _versus(run_dir: Path) -> list[dict]:
@@ -122,6 +133,29 @@ def _versus(run_dir: Path) -> list[dict]:
             entry[f"{rate}_p"] = float(f"{row[f'p_{rate}']:.3g}")
             entry[f"{rate}_flips"] = row[f"flips_{rate}"]
             entry[f"{rate}_detectable"] = None if pd_isna(row[f"detectable_{rate}"]) else float(row[f"detectable_{rate}"])
+        rows.append(entry)
+    return rows
+
+
+def _main_comparison_by_judge(run_dir: Path, arm: str = "evaluate_dpo", against: str = "evaluate_sft") -> list[dict]:
+    """The main comparison (POROver's DPO against SFT, seeds pooled) under every judge the evaluations recorded."""
+    from porover.versus import versus_table
+
+    metrics = json.loads((run_dir / against / "metrics.json").read_text()) if (run_dir / against).exists() else {}
+    rows = []
+    for judge in metrics.get("by_judge", {}):  # the judges it recorded, the headline judge first
+        table = versus_table(run_dir, judge=judge)
+        match = table[(table["arm"] == arm) & (table["against"] == against)]
+        if match.empty:
+            continue
+        row = match.iloc[0]
+        entry = {"judge": judge, "seeds": int(row["seeds"])}
+        for metric in ("safety", "usefulness", "f1"):
+            entry[metric] = [None if pd_isna(row[f"d_{metric}{s}"]) else float(row[f"d_{metric}{s}"])
+                             for s in ("", "_low", "_high")]
+        for rate in ("safety", "usefulness"):
+            entry[f"{rate}_p"] = float(f"{row[f'p_{rate}']:.3g}")
+            entry[f"{rate}_flips"] = row[f"flips_{rate}"]
         rows.append(entry)
     return rows
 
@@ -199,8 +233,9 @@ def render_run(data: dict, _names: list[str]) -> str:
     most = run.get("prompts_max") or run["prompts"]
     prompts = (f"every evaluation reads the same {run['prompts']} test prompts" if most == run["prompts"] else
                f"evaluations read {run['prompts']} to {most} test prompts")
-    return (f"Commit {run['commit']}: **{_duration(run['wall_s'])}** ({run['wall_note']}), "
-            f"**{run['outputs_mb']} MB of outputs**; {prompts}.")
+    more = f"; `make demo-more` **{_duration(run['more_wall_s'])}** more" if run.get("more_wall_s") else ""
+    return (f"Commit {run['commit']}: `make demo` **{_duration(run['wall_s'])}** ({run['wall_note']}){more}; "
+            f"**{run['outputs_mb']} MB of outputs** in all; {prompts}.")
 
 
 def _difference(triple: list) -> str:
@@ -225,7 +260,18 @@ def render_versus(data: dict, stages: list[str]) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"arms": render_arms, "stages": render_stages, "run": render_run, "versus": render_versus}
+def render_judges(data: dict, _names: list[str]) -> str:
+    """The main comparison under each recorded judge: does POROver's difference depend on who reads the answers?"""
+    lines = ["| judge | Δ safety, points [95%], McNemar p (flips +/−) | Δ usefulness, points [95%], McNemar p (flips +/−) "
+             "| Δ F1, points [95%] |", "|---|---|---|---|"]
+    for row in data.get("judges", []):
+        rates = [f"{_difference(row[r])}, p {row[f'{r}_p']:.2g} ({row[f'{r}_flips']})" for r in ("safety", "usefulness")]
+        lines.append(f"| `{row['judge']}` | {rates[0]} | {rates[1]} | {_difference(row['f1'])} |")
+    return "\n".join(lines)
+
+
+RENDERERS = {"arms": render_arms, "stages": render_stages, "run": render_run, "versus": render_versus,
+             "judges": render_judges}
 
 
 def render(kind: str, args: str, data: dict) -> str:

@@ -3,8 +3,8 @@ they share, pooled over training seeds; each arm's spread over seeds; and the pr
 
 Reads what the runner wrote (``manifest.json``, each evaluation's ``responses.jsonl`` and ``metrics.json``);
 the lineage and the seed replicates come from `porover.arms`, the statistics from `porover.comparisons`.
-Outcomes are the first judge's verdicts (the headline judge); prompts either arm's judge could not read, and
-unlabeled prompts, are left out of a comparison (as ``unparseable: exclude`` leaves them out of the rates).
+Outcomes are the first judge's verdicts (the headline judge), or any other judge the evaluations recorded
+(``judge``); prompts either arm's judge could not read, and unlabeled prompts, are left out of a comparison (as ``unparseable: exclude`` leaves them out of the rates).
 """
 
 from __future__ import annotations
@@ -21,18 +21,32 @@ from porover.store import read_jsonl
 from porover.vocabulary import is_refusal
 
 
-def outcomes(run_dir: str | Path, stage: str, partial_is_refusal: bool = True) -> dict[tuple, tuple[str, str, bool]]:
-    """``{(source, id): (benchmark, label, refused)}`` of one evaluation's labelled, parsed responses."""
-    found = {}
+def outcomes(run_dir: str | Path, stage: str, partial_is_refusal: bool = True,
+             judge: str | None = None) -> dict[tuple, tuple[str, str, bool]]:
+    """``{(source, id): (benchmark, label, refused)}`` of one evaluation's labelled, parsed responses.
+
+    Args:
+        run_dir: The run folder.
+        stage: The evaluation stage.
+        partial_is_refusal: Whether partial refusals count as refusals.
+        judge: Read this judge's verdicts (one of the stage's ``judges``) instead of the headline judge's.
+
+    Raises:
+        KeyError: ``judge`` did not judge this stage's responses.
+    """
+    found, column = {}, "refusal" if judge is None else f"refusal:{judge}"
     for row in read_jsonl(Path(run_dir) / stage / "responses.jsonl"):
-        refused = is_refusal(row.get("refusal"), partial_is_refusal)
+        if column not in row:
+            raise KeyError(f"{Path(run_dir) / stage / 'responses.jsonl'}: no verdicts of judge '{judge}' "
+                           f"(the stage's judges: {', '.join(k.split(':', 1)[1] for k in row if k.startswith('refusal:'))})")
+        refused = is_refusal(row.get(column), partial_is_refusal)
         if refused is not None and row.get("label") in ("safe", "unsafe"):
             found[(row.get("source"), str(row.get("id")))] = (row.get("source"), row["label"], refused)
     return found
 
 
 def paired_outcomes(run_dir: str | Path, before: list[str], after: list[str], partial_is_refusal: bool = True,
-                    cache: dict | None = None) -> Paired:
+                    cache: dict | None = None, judge: str | None = None) -> Paired:
     """The `Paired` outcomes of replicate ``i`` of ``after`` against stage ``before[i]``, on the prompts all share.
 
     Args:
@@ -40,12 +54,13 @@ def paired_outcomes(run_dir: str | Path, before: list[str], after: list[str], pa
         before: One evaluation stage per replicate (a parent trained once is repeated).
         after: The arm's evaluation stages, one per replicate.
         partial_is_refusal: Whether partial refusals count as refusals.
-        cache: Outcomes already read, by stage (filled as stages are read).
+        cache: Outcomes already read, by stage (filled as stages are read), all of ``judge``.
+        judge: Whose verdicts (default: each stage's headline judge).
     """
     cache = {} if cache is None else cache
-    for stage in {*before, *after}:
+    for stage in dict.fromkeys([*before, *after]):  # in order, so the first stage missing a judge is named
         if stage not in cache:
-            cache[stage] = outcomes(run_dir, stage, partial_is_refusal)
+            cache[stage] = outcomes(run_dir, stage, partial_is_refusal, judge)
     shared = set.intersection(*(set(cache[stage]) for stage in [*before, *after]))
     keys = sorted(shared, key=lambda k: (str(k[0]), k[1]))
     first = cache[after[0]]
@@ -77,7 +92,7 @@ def comparison_row(result: dict, arm: Arm, against: str, relation: str) -> dict:
 
 
 def versus_table(run_dir: str | Path, n_resamples: int = 1000, seed: int = 0, partial_is_refusal: bool = True,
-                 stages: list[str] | None = None) -> pd.DataFrame:
+                 stages: list[str] | None = None, judge: str | None = None) -> pd.DataFrame:
     """Each arm against its parent and against its base (when another arm), paired on the prompts they share.
 
     Columns: ``arm``, ``against``, ``relation`` (``parent`` / ``base``), ``seeds`` (replicates pooled), ``n``
@@ -85,7 +100,8 @@ def versus_table(run_dir: str | Path, n_resamples: int = 1000, seed: int = 0, pa
     before in percentage points, 95% paired bootstrap, seeds resampled too), per rate ``p_<rate>`` (McNemar's exact
     p; the largest over replicates), ``flips_<rate>`` (prompts whose outcome became good / bad, per replicate) and
     ``detectable_<rate>`` (the smallest difference detectable with 80% power at this discordance), and ``p_f1``
-    (bootstrap p). ``arm`` and ``against`` name each arm's first evaluation stage.
+    (bootstrap p). ``arm`` and ``against`` name each arm's first evaluation stage. ``judge`` reads another recorded
+    judge's verdicts than the headline judge's, to see whether a difference holds under every judge.
     """
     arms, cache, rows = run_arms(run_dir, stages), {}, []
     for arm in arms:
@@ -96,7 +112,7 @@ def versus_table(run_dir: str | Path, n_resamples: int = 1000, seed: int = 0, pa
         for relation, other in (("parent", parent), ("base", base if base is not None and base is not parent else None)):
             if other is None:
                 continue
-            paired = paired_outcomes(run_dir, *aligned(arm, other), partial_is_refusal, cache)
+            paired = paired_outcomes(run_dir, *aligned(arm, other), partial_is_refusal, cache, judge)
             if not len(paired.unsafe):
                 continue
             result = paired_differences(paired, n_resamples=n_resamples, seed=seed)

@@ -191,7 +191,8 @@ def test_the_demo_repeats_porover_over_two_seeds_and_its_other_arms_share_its_st
         if name != "analysis":  # demo_more's analysis reads its arms too
             assert name in more.stages and digest_of(more.stages[name].params) == digest_of(stage.params), name
     extra = [name for name in more.stages if name not in demo.stages]
-    assert extra == ["refusal_tokens", "evaluate_refusal_tokens", "mosr", "evaluate_mosr", "dro", "evaluate_dro",
+    assert extra == ["refusal_direction", "evaluate_refusal_direction", "false_refusal", "evaluate_false_refusal",
+                     "refusal_tokens", "evaluate_refusal_tokens", "mosr", "evaluate_mosr", "dro", "evaluate_dro",
                      "represent"]
     # the main comparison: SFT and both POROver seeds on the same prompts, the seed copy trained with seed 1
     main = ["evaluate_sft", "evaluate_dpo", "evaluate_dpo[seed=1]"]

@@ -133,3 +133,17 @@ def test_stages_the_manifest_has_no_parameters_for_are_read_from_their_parameter
     (run / "manifest.json").write_text(json.dumps(manifest))
     dpo = next(arm for arm in run_arms(run) if arm.name == "evaluate_dpo")
     assert dpo.stages == ["evaluate_dpo", "evaluate_dpo[seed=1]"] and dpo.parents == ["evaluate_sft"] * 2
+
+
+def test_the_versus_table_reads_any_recorded_judge_and_names_a_missing_one(run):
+    # Every evaluation records a second judge that calls every response compliance: under it nothing differs.
+    for responses in run.glob("*/responses.jsonl"):
+        rows = [json.loads(line) for line in responses.read_text().splitlines()]
+        rows = [{**row, "refusal:minilm_lr": row["refusal"], "refusal:phrase_lr": "full_compliance"} for row in rows]
+        responses.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    headline, same = versus_table(run, n_resamples=200), versus_table(run, n_resamples=200, judge="minilm_lr")
+    assert headline[["d_safety", "d_usefulness", "flips_usefulness"]].equals(same[["d_safety", "d_usefulness", "flips_usefulness"]])
+    other = versus_table(run, n_resamples=200, judge="phrase_lr")
+    assert (other["d_safety"] == 0).all() and (other["d_usefulness"] == 0).all()
+    with pytest.raises(KeyError, match=r"evaluate_base/responses.jsonl: no verdicts of judge 'act_lr' \(the stage's judges: minilm_lr, phrase_lr\)"):
+        versus_table(run, judge="act_lr")
