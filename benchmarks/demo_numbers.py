@@ -56,6 +56,13 @@ def _folder_mb(folder: Path) -> int:
     return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) / 1e6)
 
 
+def _stage_outputs_mb(run_dir: Path, stages: set[str]) -> int:
+    """MB of what these stages wrote: their folders, executed notebooks and HTML pages."""
+    paths = [p for p in run_dir.iterdir() if p.name in stages or (p.suffix in (".ipynb", ".html") and p.stem in stages)]
+    return round(sum(q.stat().st_size for p in paths for q in ([p] if p.is_file() else p.rglob("*"))
+                     if q.is_file() and not q.is_symlink()) / 1e6)
+
+
 def collect(run_dir: str | Path, previous: dict | None = None) -> dict:
     """The demo's numbers from a finished run folder, keeping ``previous``'s editorial fields.
 
@@ -103,7 +110,8 @@ def collect(run_dir: str | Path, previous: dict | None = None) -> dict:
            "wall_s": sum(entry["seconds"] for stage, entry in stages.items() if stage in demo_stages),
            "more_wall_s": sum(entry["seconds"] for stage, entry in stages.items() if stage not in demo_stages),
            "wall_note": previous.get("run", {}).get("wall_note", "the sum of the stages' wall times in the manifest"),
-           "outputs_mb": _folder_mb(run_dir), "prompts": prompts, "prompts_max": most}
+           "outputs_mb": _folder_mb(run_dir), "demo_outputs_mb": _stage_outputs_mb(run_dir, demo_stages),
+           "prompts": prompts, "prompts_max": most}
     result = {"run": run, "arms": arms, "versus": _versus(run_dir), "judges": _main_comparison_by_judge(run_dir),
               "stages": stages}
     if previous.get("earlier"):
@@ -233,9 +241,10 @@ def render_run(data: dict, _names: list[str]) -> str:
     most = run.get("prompts_max") or run["prompts"]
     prompts = (f"every evaluation reads the same {run['prompts']} test prompts" if most == run["prompts"] else
                f"evaluations read {run['prompts']} to {most} test prompts")
-    more = f"; `make demo-more` **{_duration(run['more_wall_s'])}** more" if run.get("more_wall_s") else ""
-    return (f"Commit {run['commit']}: `make demo` **{_duration(run['wall_s'])}** ({run['wall_note']}){more}; "
-            f"**{run['outputs_mb']} MB of outputs** in all; {prompts}.")
+    demo_mb = f" (`make demo`'s stages {run['demo_outputs_mb']} MB)" if run.get("demo_outputs_mb") else ""
+    more = f", `make demo-more` **{_duration(run['more_wall_s'])}** more" if run.get("more_wall_s") else ""
+    return (f"Commit {run['commit']}: `make demo` **{_duration(run['wall_s'])}**{more}; {run['wall_note']}. "
+            f"**{run['outputs_mb']} MB of outputs** in all{demo_mb}; {prompts}.")
 
 
 def _difference(triple: list) -> str:

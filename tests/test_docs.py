@@ -137,7 +137,7 @@ def test_every_demo_block_is_rendered_from_the_results_file():
              if demo_numbers.rendered(page.read_text(), data) != page.read_text()]
     assert stale == [], "re-render with: python benchmarks/demo_numbers.py --write-docs"
     blocks = [m for page in demo_numbers.doc_pages() for m in demo_numbers.BLOCK.finditer(page.read_text())]
-    assert {m.group("kind") for m in blocks} == {"arms", "stages", "run"}
+    assert {m.group("kind") for m in blocks} == set(demo_numbers.RENDERERS)  # every kind of block is in use
     opening = sum(prose(page.read_text()).count("<!-- demo:") for page in demo_numbers.doc_pages())
     assert opening == len(blocks), "a <!-- demo:... --> marker without its <!-- /demo -->"
 
