@@ -263,7 +263,10 @@ def render_versus(data: dict, stages: list[str]) -> str:
         rates = [f"{_difference(row[r])}, p {row[f'{r}_p']:.2g} ({row[f'{r}_flips']})" for r in ("safety", "usefulness")]
         detectable = " / ".join("–" if row[f"{r}_detectable"] is None else f"±{row[f'{r}_detectable']:.1f}"
                                 for r in ("safety", "usefulness"))
-        lines.append(f"| {labels.get(row['stage'], row['stage'])} | {labels.get(row['against'], row['against'])} "
+        arm = labels.get(row["stage"], row["stage"])
+        if row["seeds"] > 1:  # pooled over the seeds: the first replicate's label without its seed
+            arm = re.sub(r",? seed \d+$", "", arm)
+        lines.append(f"| {arm} | {labels.get(row['against'], row['against'])} "
                      f"({row['relation']}) | {row['seeds']} | {row['prompts'][0]} / {row['prompts'][1]} | "
                      f"{rates[0]} | {rates[1]} | {_difference(row['f1'])} | {detectable} |")
     return "\n".join(lines)

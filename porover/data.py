@@ -238,6 +238,13 @@ def _normalise(records: list, name: str, origin: str) -> list[dict]:
     return rows
 
 
+# Hub datasets whose rows carry no label column but whose every prompt has one label by construction: OR-Bench's
+# configurations (80k and Hard-1K are seemingly toxic safe prompts, Toxic is toxic). Without it their prompts would
+# be unlabeled, and a curve or metric that needs safe and unsafe prompts would find none.
+HUB_LABELS = {"bench-llm/or-bench:or-bench-80k": "safe", "bench-llm/or-bench:or-bench-hard-1k": "safe",
+              "bench-llm/or-bench:or-bench-toxic": "unsafe"}
+
+
 def _hub_rows(name: str, split: str | None) -> list[dict]:
     import datasets
 
@@ -252,7 +259,8 @@ def _hub_rows(name: str, split: str | None) -> list[dict]:
         if "train" not in ds and len(ds) != 1:
             raise ValueError(f"{name!r} has splits {list(ds)}; pass split=...")
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    return _normalise(ds.to_list(), name, f"hub dataset {name!r}")
+    rows = _normalise(ds.to_list(), name, f"hub dataset {name!r}")
+    return [{**row, "label": row["label"] or HUB_LABELS.get(name)} for row in rows]
 
 
 def _subsample(rows: list[dict], n: int | None, seed: int) -> list[dict]:

@@ -275,15 +275,16 @@ def hub_sets(raw: dict) -> list[str]:
 
 
 def write_hub_standins(names: list[str], folder: Path, count: int, seed: int = 0) -> dict[str, str]:
-    """A local JSONL of ``count`` prompts (from the vendored Alpaca) per hub dataset name; name -> path."""
-    from porover.data import load_rows
+    """A local JSONL of ``count`` prompts (from the vendored Alpaca) per hub dataset name, labelled as the loader
+    labels that dataset's rows (`porover.data.HUB_LABELS`; none otherwise); name -> path."""
+    from porover.data import HUB_LABELS, load_rows
     from porover.store import write_jsonl
 
     rows = load_rows("alpaca", n=count * max(len(names), 1), seed=seed)
     files = {}
     for i, name in enumerate(names):
         path = folder / f"hub-{name.replace('/', '--').replace(':', '--')}.jsonl"
-        write_jsonl(path, [{"prompt": r["prompt"], "category": "rehearsal stand-in"}
+        write_jsonl(path, [{"prompt": r["prompt"], "category": "rehearsal stand-in", "label": HUB_LABELS.get(name)}
                            for r in rows[i * count:(i + 1) * count]])
         files[name] = str(path.resolve())
     return files

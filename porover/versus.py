@@ -4,7 +4,8 @@ they share, pooled over training seeds; each arm's spread over seeds; and the pr
 Reads what the runner wrote (``manifest.json``, each evaluation's ``responses.jsonl`` and ``metrics.json``);
 the lineage and the seed replicates come from `porover.arms`, the statistics from `porover.comparisons`.
 Outcomes are the first judge's verdicts (the headline judge), or any other judge the evaluations recorded
-(``judge``); prompts either arm's judge could not read, and unlabeled prompts, are left out of a comparison (as ``unparseable: exclude`` leaves them out of the rates).
+(``judge``); prompts either arm's judge could not read, and unlabeled prompts, are left out of a comparison (as
+``unparseable: exclude`` leaves them out of the rates).
 """
 
 from __future__ import annotations

@@ -274,3 +274,14 @@ def test_the_paper_fsdp_config_builds_the_trainer_but_cpu_ranks_never_shard(tmp_
     assert not (tmp_path / "sft" / "model").exists()
 
 
+
+
+def test_hub_standins_carry_the_label_the_loader_gives_that_hub_dataset(tmp_path):
+    # OR-Bench's hub rows have no label column; the loader labels them by configuration, so the stand-in does too
+    # (unlabelled, the paper file's direction curves found no safe validation prompt: fixed through the rehearsal).
+    from porover.data import HUB_LABELS, load_rows
+
+    files = rehearsal.write_hub_standins(["bench-llm/or-bench:or-bench-80k", "someone/unlabelled"], tmp_path, 3)
+    assert {r["label"] for r in load_rows(files["bench-llm/or-bench:or-bench-80k"])} == {"safe"}
+    assert {r["label"] for r in load_rows(files["someone/unlabelled"])} == {None}
+    assert HUB_LABELS["bench-llm/or-bench:or-bench-toxic"] == "unsafe"

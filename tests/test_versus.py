@@ -142,8 +142,10 @@ def test_the_versus_table_reads_any_recorded_judge_and_names_a_missing_one(run):
         rows = [{**row, "refusal:minilm_lr": row["refusal"], "refusal:phrase_lr": "full_compliance"} for row in rows]
         responses.write_text("".join(json.dumps(row) + "\n" for row in rows))
     headline, same = versus_table(run, n_resamples=200), versus_table(run, n_resamples=200, judge="minilm_lr")
-    assert headline[["d_safety", "d_usefulness", "flips_usefulness"]].equals(same[["d_safety", "d_usefulness", "flips_usefulness"]])
+    columns = ["d_safety", "d_usefulness", "flips_usefulness"]
+    assert headline[columns].equals(same[columns])
     other = versus_table(run, n_resamples=200, judge="phrase_lr")
     assert (other["d_safety"] == 0).all() and (other["d_usefulness"] == 0).all()
-    with pytest.raises(KeyError, match=r"evaluate_base/responses.jsonl: no verdicts of judge 'act_lr' \(the stage's judges: minilm_lr, phrase_lr\)"):
+    missing = r"evaluate_base/responses.jsonl: no verdicts of judge 'act_lr' \(the stage's judges: minilm_lr, phrase_lr\)"
+    with pytest.raises(KeyError, match=missing):
         versus_table(run, judge="act_lr")

@@ -122,7 +122,8 @@ TINY = dict(per_device_train_batch_size=3, max_length=96, save_steps=1, device="
 def test_training_rows_carry_the_token_of_their_judged_response(tmp_path, tiny_model):
     _, tokenizer = tiny_model
     data = write_chat_rows(tmp_path / "sft.jsonl")
-    params = RefusalTokenParams(data=str(data), run_dir=str(tmp_path))
+    # a rule judge, so the test reads the plumbing, not a fitted judge's verdict on a one-line answer
+    params = RefusalTokenParams(data=str(data), run_dir=str(tmp_path), label_judge="xstest_string_match")
     rows = build_training_data(params)
     assert [(r["id"], r["judged"], r["refusal_token"]) for r in rows] == [
         ("g0", "full_compliance", RESPOND), ("t0", "full_refusal", REFUSE), ("g1", "full_compliance", RESPOND),
@@ -131,7 +132,7 @@ def test_training_rows_carry_the_token_of_their_judged_response(tmp_path, tiny_m
     assert rows[1]["kind"] == "toxic" and rows[1]["source"] == "saferpaca_safety"  # provenance kept
 
     # Category tokens: a refusal takes its prompt set's token; [respond] rows are untouched.
-    categories = RefusalTokenParams(data=str(data), run_dir=str(tmp_path / "c"),
+    categories = RefusalTokenParams(data=str(data), run_dir=str(tmp_path / "c"), label_judge="xstest_string_match",
                                     categories={"saferpaca_safety": "[Requests with safety concerns]"})
     tokens = [r["refusal_token"] for r in build_training_data(categories)]
     assert tokens == [RESPOND, "[Requests with safety concerns]"] * 3
