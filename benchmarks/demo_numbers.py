@@ -126,23 +126,24 @@ def _demo_stage_names() -> set[str]:
     return set(load_run_params(ROOT / "params" / "demo.yaml", environment=False).stages)
 
 
+def _differences(row) -> dict:
+    """One versus-table row's differences in points ([value, low, high]), McNemar's p, flips and detectable sizes."""
+    entry = {metric: [None if pd_isna(row[f"d_{metric}{s}"]) else float(row[f"d_{metric}{s}"]) for s in ("", "_low", "_high")]
+             for metric in ("safety", "usefulness", "f1")}
+    for rate in ("safety", "usefulness"):
+        entry[f"{rate}_p"] = float(f"{row[f'p_{rate}']:.3g}")
+        entry[f"{rate}_flips"] = row[f"flips_{rate}"]
+        entry[f"{rate}_detectable"] = None if pd_isna(row[f"detectable_{rate}"]) else float(row[f"detectable_{rate}"])
+    return entry
+
+
 def _versus(run_dir: Path) -> list[dict]:
     """Each arm against its parent and its base: Δ [low, high] in points, McNemar's p, flips, detectable difference."""
     from porover.versus import versus_table
 
-    rows = []
-    for _, row in versus_table(run_dir).iterrows():
-        entry = {"stage": row["arm"], "against": row["against"], "relation": row["relation"], "seeds": int(row["seeds"]),
-                 "prompts": [int(row["n_unsafe"]), int(row["n_safe"])]}
-        for metric in ("safety", "usefulness", "f1"):
-            entry[metric] = [None if pd_isna(row[f"d_{metric}{s}"]) else float(row[f"d_{metric}{s}"])
-                             for s in ("", "_low", "_high")]
-        for rate in ("safety", "usefulness"):
-            entry[f"{rate}_p"] = float(f"{row[f'p_{rate}']:.3g}")
-            entry[f"{rate}_flips"] = row[f"flips_{rate}"]
-            entry[f"{rate}_detectable"] = None if pd_isna(row[f"detectable_{rate}"]) else float(row[f"detectable_{rate}"])
-        rows.append(entry)
-    return rows
+    return [{"stage": row["arm"], "against": row["against"], "relation": row["relation"], "seeds": int(row["seeds"]),
+             "prompts": [int(row["n_unsafe"]), int(row["n_safe"])], **_differences(row)}
+            for _, row in versus_table(run_dir).iterrows()]
 
 
 def _main_comparison_by_judge(run_dir: Path, arm: str = "evaluate_dpo", against: str = "evaluate_sft") -> list[dict]:
@@ -154,17 +155,8 @@ def _main_comparison_by_judge(run_dir: Path, arm: str = "evaluate_dpo", against:
     for judge in metrics.get("by_judge", {}):  # the judges it recorded, the headline judge first
         table = versus_table(run_dir, judge=judge)
         match = table[(table["arm"] == arm) & (table["against"] == against)]
-        if match.empty:
-            continue
-        row = match.iloc[0]
-        entry = {"judge": judge, "seeds": int(row["seeds"])}
-        for metric in ("safety", "usefulness", "f1"):
-            entry[metric] = [None if pd_isna(row[f"d_{metric}{s}"]) else float(row[f"d_{metric}{s}"])
-                             for s in ("", "_low", "_high")]
-        for rate in ("safety", "usefulness"):
-            entry[f"{rate}_p"] = float(f"{row[f'p_{rate}']:.3g}")
-            entry[f"{rate}_flips"] = row[f"flips_{rate}"]
-        rows.append(entry)
+        if not match.empty:
+            rows.append({"judge": judge, "seeds": int(match.iloc[0]["seeds"]), **_differences(match.iloc[0])})
     return rows
 
 
