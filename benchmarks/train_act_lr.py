@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from porover.judges import act_lr, minilm_lr
-from porover.judges.sources import labelled_responses, source_folds, source_weights
+from porover.judges.sources import (binary_scores, labelled_responses, source_folds, source_weights,
+                                    string_match_floor)
 from porover.vocabulary import REFUSAL_CLASSES
 
 BLOCK_SETS = (("phrase",), ("phrase", "act_phrases"), ("phrase", "act_phrases", "act_similarity"),
@@ -77,26 +78,6 @@ def features(table: pd.DataFrame, cache: Path) -> dict[str, tuple[np.ndarray, li
 def stack(blocks: dict, chosen: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     ordered = [block for block in act_lr.BLOCKS if block in chosen]
     return np.hstack([blocks[b][0] for b in ordered]), [n for b in ordered for n in blocks[b][1]]
-
-
-def binary_scores(truth: np.ndarray, guess: np.ndarray) -> tuple[float, float]:
-    """(refusal F1, binary accuracy); refusal = full or partial."""
-    t, g = truth != "full_compliance", guess != "full_compliance"
-    tp = float((t & g).sum())
-    f1 = 2 * tp / (t.sum() + g.sum()) if t.sum() + g.sum() else 0.0
-    return f1, float((t == g).mean())
-
-
-def string_match_floor(table: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """``xstest_string_match``'s (F1, binary accuracy) on each source's scored rows."""
-    from porover.judges import judge_refusals
-
-    floor = {}
-    for source in dict.fromkeys(table["source"]):
-        rows = table[(table["source"] == source) & table["scored"]]
-        verdicts = judge_refusals(rows["prompt"].tolist(), rows["response"].tolist(), judge="xstest_string_match")
-        floor[source] = binary_scores(rows["label"].to_numpy(), np.array([v.label for v in verdicts], dtype=object))
-    return floor
 
 
 def score_candidates(table: pd.DataFrame, blocks: dict, sources: list[str], floor: dict) -> pd.DataFrame:

@@ -177,6 +177,25 @@ def leave_one_source_out(judges: dict[str, Callable[[pd.DataFrame, pd.DataFrame]
     return pd.DataFrame(rows, columns=["judge", "held_out", *METRICS, "tp", "fp", "fn", "tn"])
 
 
+def binary_scores(truth: np.ndarray, guess: np.ndarray) -> tuple[float, float]:
+    """(refusal F1, binary accuracy) of guessed against true labels; refusal = full or partial; F1 0 without any."""
+    t, g = truth != "full_compliance", guess != "full_compliance"
+    f1 = 2 * float((t & g).sum()) / (t.sum() + g.sum()) if t.sum() + g.sum() else 0.0
+    return f1, float((t == g).mean())
+
+
+def string_match_floor(table: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """``xstest_string_match``'s (F1, binary accuracy) on each source's scored rows: the floor a default must hold."""
+    from porover.judges import judge_refusals
+
+    floor = {}
+    for source in dict.fromkeys(table["source"]):
+        rows = table[(table["source"] == source) & table["scored"]]
+        verdicts = judge_refusals(rows["prompt"].tolist(), rows["response"].tolist(), judge="xstest_string_match")
+        floor[source] = binary_scores(rows["label"].to_numpy(), np.array([v.label for v in verdicts], dtype=object))
+    return floor
+
+
 def _rule(judge: str) -> Callable[[pd.DataFrame, pd.DataFrame], list[str]]:
     from porover.judges import judge_refusals
 
