@@ -27,6 +27,7 @@ import yaml
 
 from porover.config import project_root, referenced_stage
 from porover.digests import digest_of, path_digest
+from porover.judges import WEIGHT_FILES, judges_named
 from porover.models import is_adapter_folder, model_digest
 from porover.progress import PLAIN_ENV
 from porover.run_file import RunParams, load_run_params
@@ -154,6 +155,8 @@ def input_digests(run: RunParams, stage: str, run_dir: Path) -> dict[str, str | 
         path = run.output(run_dir, target) if target else Path(value).expanduser()
         # an adapter folder stands for its base model too
         digests[label] = model_digest(str(path)) if is_adapter_folder(path) else path_digest(path)
+    for judge in judges_named(run.stages[stage].params):  # a judge is known by its weights, not its name
+        digests[f"judge {judge}"] = path_digest(WEIGHT_FILES[judge])
     return digests
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from porover.judges import DEFAULT_JUDGE, JUDGES, judge_error_counts, judge_refusals
 from porover.judges import act_lr
-from porover.judges.sources import SOURCES, labelled_responses, leave_one_source_out, source_folds, source_weights
+from porover.judges.rules import string_match_guard
+from porover.judges.sources import (SOURCES, choose_candidate, labelled_responses, leave_one_source_out, source_folds,
+                                    source_weights)
 from porover.metrics import compute_metrics, corrected_refusal_rate, rogan_gladen
 
 # A helpful answer about a frightening topic, and a polite refusal of a harmless request.
@@ -116,6 +118,36 @@ def test_source_weights_make_sources_count_alike():
     assert (source_weights(sources, "rows") == 1).all()
     with pytest.raises(ValueError, match="equal"):
         source_weights(sources, "bogus")
+
+
+def test_the_criterion_prefers_the_floor_then_the_simpler_of_near_ties():
+    scores = pd.DataFrame({"mean_f1": [0.70, 0.76, 0.75, 0.80], "min_margin": [-0.08, -0.10, 0.01, 0.02]})
+    assert choose_candidate(scores) == (3, True)  # floor held by rows 2 and 3; 3 wins by more than the tie
+    scores.loc[3, "mean_f1"] = 0.76
+    assert choose_candidate(scores) == (2, True)  # within 0.02 of each other: the simpler (earlier) row
+    scores["min_margin"] = [-0.08, -0.10, -0.07, -0.30]
+    assert choose_candidate(scores) == (0, False)  # nobody holds it: smallest margin, then simpler within 0.02
+    assert choose_candidate(scores, tie=0.0) == (2, False)
+
+
+def test_string_match_guard_overrules_compliance_only_on_a_refusal_prefix():
+    probs = np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1], [0.2, 0.1, 0.7]])
+    responses = ["I'm sorry, but no.", "Sure: use kill -9.", "Sorry, here is part of it: ..."]
+    guarded = string_match_guard(probs, responses)
+    assert guarded[0].tolist() == [0.0, 1.0, 0.0]
+    assert guarded[1].tolist() == probs[1].tolist() and guarded[2].tolist() == probs[2].tolist()
+    assert probs[0].tolist() == [0.7, 0.2, 0.1]  # the input is not changed
+
+
+def test_phrase_act_block_is_the_phrase_block_without_length():
+    blocks = act_lr.block_features(["q"], ["Use kill -9 PID."], ["phrase", "phrase_act"])
+    (phrase, names), (act, act_names) = blocks["phrase"], blocks["phrase_act"]
+    assert act_names == [n for n in names if n not in act_lr.LENGTH_FEATURES]
+    assert set(act_lr.LENGTH_FEATURES) <= set(names)
+    assert act.tolist() == phrase[:, [names.index(n) for n in act_names]].tolist()
+    # the length-free features of a one-liner and of a long answer opening alike are the same
+    long = "Use kill -9 PID. " + "It sends the signal to the process you name, and the process stops at once. " * 8
+    assert act_lr.block_features(["q"], [long], ["phrase_act"])["phrase_act"][0].tolist() == act.tolist()
 
 
 def test_leave_one_source_out_of_a_rule_judge_counts_every_scored_row():

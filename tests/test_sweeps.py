@@ -11,6 +11,7 @@ from porover.run_file import load_run_params
 from porover.runner import (NOTEBOOK_DIR, input_digests, notebook_digest, output_digest, params_digest, run_pipeline,
                             stage_status)
 from porover.digests import digest_of
+from porover.judges import WEIGHT_FILES
 from porover.sweeps import expand, variant_specs
 
 STAGES = {
@@ -143,6 +144,33 @@ def test_a_variant_that_changes_only_dpo_beta_does_not_rerun_sft_or_the_preferen
     (outputs / "sw" / "sft" / "model" / "model.safetensors").write_text("retrained")
     status = stage_status(str(swept), outputs=str(outputs))
     assert status["sft"].startswith("stale") and status["preference_data"].startswith("stale")
+
+
+def test_a_new_fit_of_a_judge_makes_exactly_the_stages_judging_with_it_stale(tmp_path, monkeypatch):
+    # A judge is known by its weights' content, not its name: a re-fitted phrase_lr (same name) must not leave the
+    # evaluation that judged with it "finished" with the old judge's numbers.
+    for judge in ("act_lr", "phrase_lr"):
+        copy = tmp_path / WEIGHT_FILES[judge].name
+        copy.write_bytes(WEIGHT_FILES[judge].read_bytes())
+        monkeypatch.setitem(WEIGHT_FILES, judge, copy)
+    outputs, plain = tmp_path / "outputs", write_run(tmp_path / "plain.yaml")
+    finish(plain, outputs)
+    assert set(stage_status(str(plain), outputs=str(outputs)).values()) == {"finished"}
+    refit = json.loads(WEIGHT_FILES["phrase_lr"].read_text())
+    refit["weights"][0][0] += 0.5
+    WEIGHT_FILES["phrase_lr"].write_text(json.dumps(refit))
+    status = stage_status(str(plain), outputs=str(outputs))
+    assert status["evaluate_dpo"] == "stale: input judge phrase_lr changed"
+    assert status["analysis"].startswith("stale") and "evaluate_dpo will run again" in status["analysis"]
+    assert {status[s] for s in ("overgenerate", "sft", "preference_data", "dpo")} == {"finished"}
+    finish(plain, outputs, ["evaluate_dpo", "analysis"])
+    # the default judge labels the overgenerated candidates and the student's refusals: both stages, and what
+    # they feed, run again; the evaluation that judges with phrase_lr only runs again because its model will
+    WEIGHT_FILES["act_lr"].write_text(WEIGHT_FILES["act_lr"].read_text().replace('"l2"', '"l2" ', 1))
+    status = stage_status(str(plain), outputs=str(outputs))
+    assert status["overgenerate"] == "stale: input judge act_lr changed"
+    assert status["preference_data"].startswith("stale: input judge act_lr changed")
+    assert "judge" not in status["evaluate_dpo"] and status["evaluate_dpo"].startswith("stale")
 
 
 def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):

@@ -65,6 +65,29 @@ JUDGES = {
     "orbench_llm": partial(_llm, "orbench"),
 }
 DEFAULT_JUDGE = "act_lr"
+# The shipped weights each fitted offline judge reads: what a stage judging with it consumes, so a new fit (a package
+# update, a re-run of a training script) makes that stage stale (`porover.runner.input_digests`).
+WEIGHT_FILES = {name: Path(__file__).with_name(file) for name, file in (
+    ("phrase_lr", "phrase_lr_weights.json"), ("minilm_lr", "minilm_lr_weights.json"), ("act_lr", "act_lr_weights.json"),
+    ("act_encoder", "act_encoder_head.safetensors"))}
+
+
+def judges_named(params: object) -> list[str]:
+    """The fitted offline judges (`WEIGHT_FILES`) a stage's parameters name anywhere (lists and mappings included)."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, str) and value in WEIGHT_FILES and value not in found:
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in (*value.keys(), *value.values()):
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(params)
+    return found
 # Each offline judge's confusion counts on held-out sources (leave-one-source-out, pooled; refusal positive),
 # written by benchmarks/judge_validation.py: what `porover.metrics` corrects rates with.
 JUDGE_ERROR_PATH = Path(__file__).with_name("judge_error.json")
@@ -239,6 +262,6 @@ def judge_safety(prompts: Sequence[str], responses: Sequence[str], judge: str = 
     return judge(prompts, responses, judge, **settings)
 
 
-__all__ = ["DEFAULT_JUDGE", "JUDGES", "judge_error_counts", "ORBENCH_KEYWORDS", "REFUSAL_CLASSES", "SafetyVerdict",
+__all__ = ["DEFAULT_JUDGE", "JUDGES", "WEIGHT_FILES", "judges_named", "judge_error_counts", "ORBENCH_KEYWORDS", "REFUSAL_CLASSES", "SafetyVerdict",
            "Verdict", "XSTEST_REFUSAL_PREFIXES", "judge_csv", "judge_errors", "judge_refusals", "judge_setting_names", "judge_safety", "safety_judge_errors",
            "orbench_keyword", "phrase_lr_judge", "xstest_string_match"]
