@@ -25,8 +25,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pandas as pd
 
 from porover.judges.held_out import generalisation, summary
-from porover.judges.sources import (EXTERNAL, OFFLINE_JUDGES, error_counts, labelled_responses,
-                                   offline_judges_held_out, shipped_judges_on)
+from porover.judges.source_validation import (OFFLINE_JUDGES, error_counts, offline_judges_held_out,
+                                             shipped_judges_on)
+from porover.judges.sources import EXTERNAL, labelled_responses
 from porover.judges import judge_refusals
 from porover.judges.human_labels import (LABELLED, cross_validate_default_judge, fit_default_judge, human_labels,
                                 validate_against_human_labels, validation_table)

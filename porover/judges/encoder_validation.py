@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from porover.judges.sources import EXTERNAL, labelled_responses, source_weights
 from porover.vocabulary import REFUSAL_CLASSES, Verdict
 
 
@@ -28,7 +29,6 @@ def _cache_dir():
 def _all_token_states() -> tuple[dict, np.ndarray, np.ndarray]:
     """Token states of every row of `SOURCES` then `EXTERNAL` (in that order), with a (source, id) -> row index."""
     from porover.judges import act_encoder
-    from porover.judges.sources import EXTERNAL, labelled_responses
 
     both = pd.concat([labelled_responses(), labelled_responses(EXTERNAL)], ignore_index=True)
     states, mask = act_encoder.cached_token_states(both["prompt"].tolist(), both["response"].tolist(), _cache_dir())
@@ -54,7 +54,6 @@ def refitted_encoder_labels(fit_rows: pd.DataFrame, rows: pd.DataFrame) -> list[
     Cached on disk by the settings, the fitting rows' (source, id, label) and the scored rows' (source, id).
     """
     from porover.judges import act_encoder
-    from porover.judges.sources import source_weights
 
     settings = act_encoder.load_weights()["settings"]
     key = hashlib.sha256(json.dumps([settings, act_encoder.PROMPT_TOKENS, act_encoder.RESPONSE_TOKENS,
