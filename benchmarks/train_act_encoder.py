@@ -10,7 +10,7 @@ cached on disk by content (``$POROVER_CACHE/act_encoder/``), so a re-run re-enco
 Round 3 (fixed here on 2026-12-03, before any held-out figure of a candidate new in round 3 was seen; round 2's
 figures of ``act_lr`` as shipped, ``act_lr`` with L2 30 and the four encoder heads had been seen). `GRID`, simplest
 first, the order rule 4 and 5 read:
-    ``act_lr`` with the ``phrase`` block, rows alike, L2 {3000 (as shipped), 300, 30};
+    ``act_lr`` with the ``phrase`` block, rows alike, L2 {3000 (round 2's default), 300, 30 (round 3's choice)};
     ``act_lr`` with the ``phrase_act`` block (the phrase features without the two pure length features, whose
     one-line-answer bias round 2 found), L2 {3000, 300, 30};
     ``act_lr`` as shipped with the *string-match guard* (a response the model calls compliance but that opens with

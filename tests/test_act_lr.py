@@ -193,3 +193,23 @@ def test_every_offline_judge_has_measured_error_counts():
         counts = judge_error_counts(judge)
         assert counts and set(counts) == {"tp", "fn", "tn", "fp"} and sum(counts.values()) >= 250
     assert judge_error_counts("xstest_llm") is None
+
+
+def test_the_training_script_fits_exactly_the_shipped_weights(tmp_path):
+    # The shipped weights are what `benchmarks/train_act_lr.py` fits with round 3's choice on the seven sources,
+    # not a file edited by hand: re-fitting gives the same weights and the same fit-time probabilities.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "act_lr_weights.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "train_act_lr.py"), "--out", str(out)], check=True,
+                   cwd=root, capture_output=True, text=True)
+    fitted, shipped = json.loads(out.read_text()), act_lr.load_weights()
+    assert (fitted["blocks"], fitted["l2"], fitted["weighting"]) == (shipped["blocks"], shipped["l2"], shipped["weighting"])
+    assert fitted["features"] == shipped["features"] and fitted["fitted_on"] == shipped["fitted_on"]
+    np.testing.assert_allclose(fitted["weights"], shipped["weights"], atol=1e-3)  # BLAS differs across machines
+    np.testing.assert_allclose([c["probabilities"] for c in fitted["check"]],
+                               [c["probabilities"] for c in shipped["check"]], atol=1e-4)
