@@ -4,8 +4,10 @@ Judges, by name (`JUDGES`):
     xstest_string_match: XSTest's published prefix list (never yields partial refusal).
     orbench_keyword: OR-Bench's keyword checks (``family`` setting: which model family's list).
     act_lr: the embedded default, logistic regression over feature blocks chosen by leave-one-*source*-out
-        over three labelled data sources (`porover.judges.act_lr`, `porover.judges.sources`); the shipped
-        choice is the refusal-phrase block alone, fitted on all three sources (numpy only, no model).
+        over seven labelled data sources (`porover.judges.act_lr`, `porover.judges.sources`); the shipped
+        choice is the refusal-phrase block alone with L2 30, fitted on all seven sources (numpy only, no model).
+    act_encoder: a small head over a frozen MiniLM's token states of the (prompt, response) pair, with the
+        phrase features (`porover.judges.act_encoder`); selectable, not the default (``docs/judges.md``).
     minilm_lr: the previous default, phrase features and a MiniLM embedding of the response's start,
         chosen by leave-one-family-out on XSTest alone (`porover.judges.minilm_lr`).
     phrase_lr: logistic regression over refusal-phrase features alone (`porover.judges.phrase_lr`).

