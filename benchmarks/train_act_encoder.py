@@ -1,14 +1,14 @@
 """Choose the default refusal judge by leave-one-source-out; fit and write ``act_encoder``'s head.
 
 Usage:
-    python benchmarks/train_act_encoder.py [--states-only] [--dry-run] [--out PATH]
+    python benchmarks/train_act_encoder.py [--states-only] [--dry-run] [--nested] [--out PATH]
 
 Data: `porover.judges.sources.labelled_responses` over `SOURCES` (seven sources; see ``docs/judges.md``).
 The frozen encoder's token states of every row (and of the `EXTERNAL` checks) are computed once, in chunks
 cached on disk by content (``$POROVER_CACHE/act_encoder/``), so a re-run re-encodes nothing.
 
 Round 3 (fixed here on 2026-12-03, before any held-out figure of a candidate new in round 3 was seen; round 2's
-figures of ``act_lr`` as shipped, ``act_lr`` with L2 30 and the four encoder heads had been seen). `GRID`, simplest
+figures of ``act_lr`` at L2 3000 (then shipped) and 30 and of the four encoder heads had been seen). `GRID`, simplest
 first, the order rule 4 and 5 read:
     ``act_lr`` with the ``phrase`` block, rows alike, L2 {3000 (round 2's default), 300, 30 (round 3's choice)};
     ``act_lr`` with the ``phrase_act`` block (the phrase features without the two pure length features, whose
