@@ -43,7 +43,8 @@ def test_smoke_run_writes_notebooks_html_data_and_manifest_then_skips_when_rerun
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "max_new_tokens = 8" in "".join(injected[0]["source"])
 
-    assert stage["type"] == "evaluate" and set(stage["inputs"]) == set() and stage["outputs"]
+    # its only input is the judge it reads with, known by its weights' content
+    assert stage["type"] == "evaluate" and set(stage["inputs"]) == {"judge phrase_lr"} and stage["outputs"]
     assert "Executing" in (run_dir / "logs" / "evaluate_base.log").read_text()  # cell chatter goes to the log
     again = run_pipeline(str(ROOT / "params" / "smoke.yaml"), stages=["evaluate_base"], outputs=str(tmp_path))
     assert again["stages"]["evaluate_base"]["started"] == stage["started"]  # skipped
