@@ -320,3 +320,11 @@ def test_a_seeds_sweep_after_a_plain_run_runs_only_the_new_seeds_copies(tmp_path
     assert {s: status[s] for s in ("overgenerate", "sft", "preference_data", "dpo", "evaluate_dpo")} == dict.fromkeys(
         ("overgenerate", "sft", "preference_data", "dpo", "evaluate_dpo"), "finished")
     assert status["dpo[seed=1]"] == status["evaluate_dpo[seed=1]"] == "never run"
+
+
+def test_the_weight_files_the_runner_digests_are_the_ones_each_judge_loads():
+    from porover.judges import act_encoder, act_lr, minilm_lr, phrase_lr
+
+    assert WEIGHT_FILES == {"phrase_lr": phrase_lr.WEIGHTS_PATH, "minilm_lr": minilm_lr.WEIGHTS_PATH,
+                            "act_lr": act_lr.WEIGHTS_PATH, "act_encoder": act_encoder.WEIGHTS_PATH}
+    assert all(path.is_file() for path in WEIGHT_FILES.values())
