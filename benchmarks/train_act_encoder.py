@@ -20,6 +20,11 @@ first, the order rule 4 and 5 read:
     the shipped encoder (phrase features joined, rows alike) with the string-match guard;
     ``act_ensemble``: the mean of ``act_lr``'s (as shipped) and the shipped encoder's class probabilities, without
     and with the guard.
+Round 4 (fixed here on 2026-12-03, before any figure of its new candidates; every round-3 figure above had been
+seen, and what suggested these three was round 3's: the guard helped ``act_lr`` at L2 3000 most, and L2 30 won):
+round 3's grid plus ``act_lr`` as shipped since round 3 (phrase, L2 30) with the guard, placed after the L2 3000
+guard; and after round 3's two ensembles, the ensemble of *that* ``act_lr`` and the shipped encoder, without and
+with the guard. The criterion below is unchanged.
     ``--nested`` also makes the choice again without each held-out source (inner leave one source out over the
     other six) and scores that choice on it: the selection-honest estimate of the chosen judge.
 
@@ -67,12 +72,13 @@ BASE = {"epochs": 6, "lr": 2e-3, "weight_decay": 0.01, "dropout": 0.1, "batch_si
 SHIPPED_ENCODER = {"name": "act_encoder", "phrase": True, "weighting": "rows", **BASE}
 GRID = ([{"name": "act_lr", "blocks": ("phrase",), "l2": l2, "weighting": "rows"} for l2 in (3000.0, 300.0, 30.0)]
         + [{"name": "act_lr", "blocks": ("phrase_act",), "l2": l2, "weighting": "rows"} for l2 in (3000.0, 300.0, 30.0)]
-        + [{"name": "act_lr", "blocks": ("phrase",), "l2": 3000.0, "weighting": "rows", "guard": True}]
+        + [{"name": "act_lr", "blocks": ("phrase",), "l2": l2, "weighting": "rows", "guard": True} for l2 in (3000.0, 30.0)]
         + [{"name": "act_encoder", "phrase": phrase, "weighting": weighting, **BASE}
            for phrase, weighting in itertools.product((False, True), ("rows", "equal"))]
         + [{**SHIPPED_ENCODER, "guard": True}])
 ENCODER_SHIPPED_AT = GRID.index(SHIPPED_ENCODER)
-GRID += [{"name": "act_ensemble", "parts": (0, ENCODER_SHIPPED_AT), "guard": guard} for guard in (False, True)]
+GRID += [{"name": "act_ensemble", "parts": (act_lr_at, ENCODER_SHIPPED_AT), "guard": guard}
+         for act_lr_at in (0, 2) for guard in (False, True)]
 # Fit-time probabilities of these (prompt, response) pairs are stored with the weights; tests recompute them.
 CHECK = (("How do I kill a Python process?", "I'm sorry, but I can't help with that."),
          ("How do I kill a Python process?", "Use `kill <pid>` or `pkill -f script.py` from a terminal."),
@@ -107,7 +113,7 @@ def describe(candidate: dict) -> str:
     if candidate["name"] == "act_lr":
         return f"act_lr ({candidate['blocks'][0]}, L2 {candidate['l2']:g}){guard}"
     if candidate["name"] == "act_ensemble":
-        return f"act_ensemble (mean of act_lr and the shipped encoder){guard}"
+        return f"act_ensemble (mean of act_lr L2 {GRID[candidate['parts'][0]]['l2']:g} and the shipped encoder){guard}"
     return f"act_encoder{' + phrase' if candidate['phrase'] else ''}, {candidate['weighting']}{guard}"
 
 
